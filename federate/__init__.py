@@ -1,0 +1,1 @@
+"""federate: provision Matrix Synapse homeservers that federate, with pyinfra."""
