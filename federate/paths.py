@@ -1,0 +1,34 @@
+"""Where things live on a managed host (documented in README, 'On the host')."""
+
+SYNAPSE_USER = "matrix-synapse"
+VENV = "/opt/matrix-synapse/venv"
+CONF_ROOT = "/etc/matrix-synapse"
+DATA_ROOT = "/var/lib/matrix-synapse"
+UNIT_TEMPLATE = "/etc/systemd/system/matrix-synapse@.service"
+ACME_WEBROOT = "/var/www/acme-challenge"
+PROVIDED_TLS_ROOT = "/etc/federate/tls"
+UPLOAD_TMP = "/run/federate"  # root-only scratch for one-shot secret uploads
+
+
+def conf_dir(server_name: str) -> str:
+    return f"{CONF_ROOT}/{server_name}"
+
+
+def data_dir(server_name: str) -> str:
+    return f"{DATA_ROOT}/{server_name}"
+
+
+def homeserver_yaml(server_name: str) -> str:
+    return f"{conf_dir(server_name)}/homeserver.yaml"
+
+
+def secrets_yaml(server_name: str) -> str:
+    return f"{conf_dir(server_name)}/secrets.yaml"
+
+
+def signing_key(server_name: str) -> str:
+    return f"{conf_dir(server_name)}/signing.key"
+
+
+def unit(server_name: str) -> str:
+    return f"matrix-synapse@{server_name}.service"

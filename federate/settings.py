@@ -1,0 +1,379 @@
+"""The one settings model: inventory host data -> validated, immutable settings.
+
+Every value a deploy uses comes from here. Validation happens for *all* hosts of the
+inventory before any operation is planned, and every error names the host and the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+PROFILES = ("external", "internal")
+PROXIES = ("nginx",)
+FIREWALLS = ("ufw",)
+DATABASES = ("sqlite",)
+TLS_MODES = ("acme", "provided")
+
+# Ports the proxy and SSH own on every host; Synapse listeners must stay off them.
+RESERVED_PORTS = {22, 80, 443, 8448}
+FIRST_SYNAPSE_PORT = 8008
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DNS_NAME = re.compile(rf"^(?:{_LABEL}\.)+{_LABEL}$")
+_LOCALPART = re.compile(r"^[a-z0-9._=/+-]+$")
+_SIZE = re.compile(r"^[1-9][0-9]*[KMG]?$")
+
+# Visibility settings an internal profile locks down; each can be overridden per homeserver.
+VISIBILITY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "external": {
+        "allow_public_rooms_over_federation": False,
+        "allow_profile_lookup_over_federation": True,
+        "allow_device_name_lookup_over_federation": False,
+        "enable_room_list_search": True,
+        "user_directory": {"enabled": True, "search_all_users": False},
+    },
+    "internal": {
+        "allow_public_rooms_over_federation": False,
+        "allow_profile_lookup_over_federation": False,
+        "allow_device_name_lookup_over_federation": False,
+        "enable_room_list_search": False,
+        "user_directory": {
+            "enabled": True,
+            "search_all_users": False,
+            "exclude_remote_users": True,
+        },
+    },
+}
+
+# Synapse keys the deploy manages itself: the escape hatch may not set them, because
+# doing so would silently break the listener, paths, secrets or federation policy.
+MANAGED_SYNAPSE_KEYS = frozenset({
+    "server_name", "public_baseurl", "serve_server_wellknown", "listeners", "database",
+    "pid_file", "log_config", "media_store_path", "signing_key_path", "report_stats",
+    "registration_shared_secret", "registration_shared_secret_path", "macaroon_secret_key",
+    "form_secret", "federation_domain_whitelist", "ip_range_whitelist",
+    "trusted_key_servers", "enable_registration", "max_upload_size",
+    *VISIBILITY_DEFAULTS["external"],
+})
+
+HOST_KEYS = frozenset({
+    "homeservers", "synapse_version", "proxy", "firewall", "database", "tls",
+    "ip_range_whitelist", "trusted_key_servers", "max_upload_size", "secrets_dir",
+})
+HOMESERVER_KEYS = frozenset({
+    "server_name", "profile", "port", "public_host", "federation_whitelist", "users",
+    "synapse_extra", *VISIBILITY_DEFAULTS["external"],
+})
+TLS_KEYS = frozenset({"mode", "acme_directory", "email", "certificates"})
+USER_KEYS = frozenset({"localpart", "admin"})
+# Host data that belongs to pyinfra and its connectors, not to us.
+FOREIGN_KEY_PREFIXES = ("_", "ssh_", "winrm_", "docker_", "podman_", "chroot_", "local_",
+                        "terraform_", "vagrant_")
+
+
+class SettingsError(ValueError):
+    """Invalid inventory data. The message names the host and the field."""
+
+    def __init__(self, host: str, field_path: str, problem: str):
+        self.host, self.field, self.problem = host, field_path, problem
+        super().__init__(f"host {host}: {field_path}: {problem}")
+
+
+@dataclass(frozen=True)
+class User:
+    localpart: str
+    admin: bool = False
+
+
+@dataclass(frozen=True)
+class Homeserver:
+    server_name: str
+    profile: str
+    port: int
+    public_host: str
+    federation_whitelist: tuple[str, ...] | None
+    visibility: Mapping[str, Any]
+    users: tuple[User, ...] = ()
+    synapse_extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def host_name(self) -> str:
+        """The DNS part of the server name (a server name may carry a :port)."""
+        return self.server_name.split(":")[0]
+
+    @property
+    def delegated(self) -> bool:
+        return self.public_host != self.host_name
+
+    @property
+    def federation_open(self) -> bool:
+        """False when an empty whitelist means this server federates with nobody."""
+        return self.federation_whitelist is None or len(self.federation_whitelist) > 0
+
+    @property
+    def proxy_names(self) -> tuple[str, ...]:
+        """Every DNS name the proxy answers (and the certificate covers) for this server."""
+        return tuple(dict.fromkeys([self.host_name, self.public_host]))
+
+
+@dataclass(frozen=True)
+class Tls:
+    mode: str
+    acme_directory: str
+    email: str | None
+    certificates: Mapping[str, Mapping[str, str]]
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    host: str
+    homeservers: tuple[Homeserver, ...]
+    synapse_version: str
+    proxy: str
+    firewall: str
+    database: str
+    tls: Tls
+    ip_range_whitelist: tuple[str, ...]
+    trusted_key_servers: tuple[Mapping[str, Any], ...] | None  # None: Synapse's default
+    max_upload_size: str
+    ssh_port: int
+    secrets_dir: str  # on the controller: generated user passwords, mode 0600
+
+
+# ---------------------------------------------------------------- small checkers
+
+def _fail(host: str, path: str, problem: str):
+    raise SettingsError(host, path, problem)
+
+
+def _reject_unknown(host: str, path: str, given: Iterable[str], known: frozenset[str]):
+    for key in given:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            where = f"{path}.{key}" if path else str(key)
+            _fail(host, where, f"unknown key{hint}; known keys: {', '.join(sorted(known))}")
+
+
+def _expect(host: str, path: str, value: Any, kind: type | tuple, what: str):
+    # bool is an int in Python; never accept it where a number or text is expected
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        _fail(host, path, f"must be {what}, got {value!r}")
+    return value
+
+
+def _choice(host: str, path: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        _fail(host, path, f"must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def server_name_problem(name: Any) -> str | None:
+    """Why `name` is not a valid server name (lowercase DNS name, optional :port), or None."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty string such as 'example.com'"
+    if "://" in name or "/" in name:
+        return f"must be a bare name without scheme or path, got {name!r}"
+    host_part, _, port = name.partition(":")
+    if not _DNS_NAME.match(host_part) or len(host_part) > 253:
+        return f"must be a lowercase DNS name with at least one dot, got {name!r}"
+    if port and (not port.isdigit() or not 1 <= int(port) <= 65535):
+        return f"port must be 1-65535, got {name!r}"
+    return None
+
+
+def _server_name(host: str, path: str, value: Any, allow_port: bool = True) -> str:
+    problem = server_name_problem(value)
+    if problem is None and not allow_port and ":" in value:
+        problem = f"must be a host name without a port, got {value!r}"
+    if problem:
+        _fail(host, path, problem)
+    return value
+
+
+# ---------------------------------------------------------------- sections
+
+def _users(host: str, path: str, value: Any) -> tuple[User, ...]:
+    _expect(host, path, value, list, "a list of {localpart, admin} entries")
+    users, seen = [], set()
+    for i, entry in enumerate(value):
+        where = f"{path}[{i}]"
+        _expect(host, where, entry, dict, "a mapping with 'localpart'")
+        _reject_unknown(host, where, entry, USER_KEYS)
+        localpart = entry.get("localpart")
+        if not isinstance(localpart, str) or not _LOCALPART.match(localpart):
+            _fail(host, f"{where}.localpart", f"must be a lowercase Matrix localpart, got {localpart!r}")
+        if localpart in seen:
+            _fail(host, f"{where}.localpart", f"user {localpart!r} is listed twice")
+        seen.add(localpart)
+        admin = _expect(host, f"{where}.admin", entry.get("admin", False), bool, "true or false")
+        users.append(User(localpart, admin))
+    return tuple(users)
+
+
+def _whitelist(host: str, path: str, value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    _expect(host, path, value, list, "a list of server names")
+    for i, name in enumerate(value):
+        _server_name(host, f"{path}[{i}]", name)
+    return tuple(value)
+
+
+def _synapse_extra(host: str, path: str, value: Any) -> dict[str, Any]:
+    _expect(host, path, value, dict, "a mapping of extra homeserver.yaml keys")
+    for key in value:
+        if key in MANAGED_SYNAPSE_KEYS:
+            _fail(host, f"{path}.{key}", "is managed by federate; use the homeserver setting "
+                  "of that name instead (see README, 'Settings')")
+    return dict(value)
+
+
+def _homeserver(host: str, path: str, raw: Any, port: int) -> Homeserver:
+    _expect(host, path, raw, dict, "a mapping with at least 'server_name'")
+    _reject_unknown(host, path, raw, HOMESERVER_KEYS)
+    if "server_name" not in raw:
+        _fail(host, f"{path}.server_name", "is required")
+    server_name = _server_name(host, f"{path}.server_name", raw["server_name"])
+    profile = _choice(host, f"{path}.profile", raw.get("profile", "external"), PROFILES)
+    public_host = _server_name(host, f"{path}.public_host",
+                               raw.get("public_host", server_name.split(":")[0]), allow_port=False)
+    whitelist = _whitelist(host, f"{path}.federation_whitelist",
+                           raw.get("federation_whitelist", [] if profile == "internal" else None))
+    visibility = dict(VISIBILITY_DEFAULTS[profile])
+    for key, default in VISIBILITY_DEFAULTS[profile].items():
+        if key in raw:
+            kind, what = (dict, "a mapping") if isinstance(default, dict) else (bool, "true or false")
+            visibility[key] = _expect(host, f"{path}.{key}", raw[key], kind, what)
+    return Homeserver(
+        server_name=server_name,
+        profile=profile,
+        port=port,
+        public_host=public_host,
+        federation_whitelist=whitelist,
+        visibility=visibility,
+        users=_users(host, f"{path}.users", raw.get("users", [])),
+        synapse_extra=_synapse_extra(host, f"{path}.synapse_extra", raw.get("synapse_extra", {})),
+    )
+
+
+def _ports(host: str, raws: list, ssh_port: int) -> list[int]:
+    """Each homeserver's local listener port: given ones checked, missing ones assigned."""
+    taken: dict[int, int] = {}
+    for i, raw in enumerate(raws):
+        if isinstance(raw, dict) and "port" in raw:
+            port = _expect(host, f"homeservers[{i}].port", raw["port"], int, "a port number")
+            if not 1024 <= port <= 65535:
+                _fail(host, f"homeservers[{i}].port", f"must be 1024-65535, got {port}")
+            if port in RESERVED_PORTS | {ssh_port}:
+                _fail(host, f"homeservers[{i}].port", f"{port} is used by the proxy or SSH")
+            if port in taken:
+                _fail(host, f"homeservers[{i}].port",
+                      f"{port} is already used by homeservers[{taken[port]}]")
+            taken[port] = i
+    ports, candidate = [], FIRST_SYNAPSE_PORT
+    for i, raw in enumerate(raws):
+        if isinstance(raw, dict) and "port" in raw:
+            ports.append(raw["port"])
+            continue
+        while candidate in taken or candidate in RESERVED_PORTS | {ssh_port}:
+            candidate += 1
+        taken[candidate] = i
+        ports.append(candidate)
+    return ports
+
+
+def _tls(host: str, raw: Any, server_names: list[str]) -> Tls:
+    _expect(host, "tls", raw, dict, "a mapping with 'mode'")
+    _reject_unknown(host, "tls", raw, TLS_KEYS)
+    mode = _choice(host, "tls.mode", raw.get("mode", "acme"), TLS_MODES)
+    directory = _expect(host, "tls.acme_directory", raw.get("acme_directory", ""), str, "a URL")
+    email = raw.get("email")
+    if email is not None and (not isinstance(email, str) or "@" not in email):
+        _fail(host, "tls.email", f"must be an e-mail address, got {email!r}")
+    certificates = raw.get("certificates", {})
+    _expect(host, "tls.certificates", certificates, dict, "a mapping of server name -> {cert, key}")
+    if mode == "acme" and not directory.startswith("https://"):
+        _fail(host, "tls.acme_directory", f"must be an https:// URL, got {directory!r}")
+    if mode == "provided":
+        for name in server_names:
+            files = certificates.get(name)
+            if not isinstance(files, dict) or set(files) != {"cert", "key"}:
+                _fail(host, f"tls.certificates.{name}", "needs 'cert' and 'key' file paths")
+    return Tls(mode, directory, email, certificates)
+
+
+def _cidrs(host: str, path: str, value: Any) -> tuple[str, ...]:
+    _expect(host, path, value, list, "a list of CIDR ranges")
+    for i, cidr in enumerate(value):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except (TypeError, ValueError):
+            _fail(host, f"{path}[{i}]", f"must be a CIDR range such as '10.0.0.0/24', got {cidr!r}")
+    return tuple(value)
+
+
+def _key_servers(host: str, path: str, value: Any) -> tuple[dict, ...] | None:
+    if value is None:
+        return None
+    _expect(host, path, value, list, "a list of {server_name, verify_keys} entries")
+    for i, entry in enumerate(value):
+        _expect(host, f"{path}[{i}]", entry, dict, "a mapping with 'server_name'")
+        _server_name(host, f"{path}[{i}].server_name", entry.get("server_name"))
+    return tuple(value)
+
+
+def host_settings(host: str, data: Mapping[str, Any]) -> HostSettings:
+    """Validate one host's data (inventory + group_data merged) into HostSettings."""
+    _reject_unknown(host, "", [k for k in data if not str(k).startswith(FOREIGN_KEY_PREFIXES)],
+                    HOST_KEYS)
+    ssh_port = data.get("ssh_port", 22)
+    _expect(host, "ssh_port", ssh_port, int, "a port number")
+    raws = _expect(host, "homeservers", data.get("homeservers", []), list,
+                   "a list of homeserver mappings")
+    if not raws:
+        _fail(host, "homeservers", "needs at least one homeserver")
+    ports = _ports(host, raws, ssh_port)
+    homeservers = [_homeserver(host, f"homeservers[{i}]", raw, ports[i]) for i, raw in enumerate(raws)]
+    names = [hs.host_name for hs in homeservers]
+    for i, hs in enumerate(homeservers):
+        if hs.host_name in names[:i]:
+            _fail(host, f"homeservers[{i}].server_name", f"{hs.server_name!r} is listed twice")
+    version = _expect(host, "synapse_version", data.get("synapse_version"), str, "a version string")
+    if not re.match(r"^[0-9]+\.[0-9]+\.[0-9]+$", version):
+        _fail(host, "synapse_version", f"must be an exact version such as '1.163.2', got {version!r}")
+    size = str(data.get("max_upload_size", "50M"))
+    if not _SIZE.match(size):
+        _fail(host, "max_upload_size", f"must look like '50M', got {size!r}")
+    return HostSettings(
+        host=host,
+        homeservers=tuple(homeservers),
+        synapse_version=version,
+        proxy=_choice(host, "proxy", data.get("proxy"), PROXIES),
+        firewall=_choice(host, "firewall", data.get("firewall"), FIREWALLS),
+        database=_choice(host, "database", data.get("database"), DATABASES),
+        tls=_tls(host, data.get("tls", {}), [hs.host_name for hs in homeservers]),
+        ip_range_whitelist=_cidrs(host, "ip_range_whitelist", data.get("ip_range_whitelist", [])),
+        trusted_key_servers=_key_servers(host, "trusted_key_servers",
+                                         data.get("trusted_key_servers")),
+        max_upload_size=size,
+        ssh_port=ssh_port,
+        secrets_dir=_expect(host, "secrets_dir", data.get("secrets_dir", ".secrets"), str, "a path"),
+    )
+
+
+def inventory_settings(hosts: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, HostSettings]:
+    """Validate every host, then what spans hosts (a server name lives on one host only)."""
+    settings = {name: host_settings(name, data) for name, data in hosts}
+    owner: dict[str, str] = {}
+    for name, hs_settings in settings.items():
+        for i, hs in enumerate(hs_settings.homeservers):
+            if hs.host_name in owner:
+                _fail(name, f"homeservers[{i}].server_name",
+                      f"{hs.server_name!r} is also deployed on host {owner[hs.host_name]}")
+            owner[hs.host_name] = name
+    return settings

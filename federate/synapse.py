@@ -1,0 +1,150 @@
+"""Synapse: venv from PyPI, one config + data dir + templated unit per homeserver."""
+
+from __future__ import annotations
+
+import secrets
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files, pip, server, systemd
+from pyinfra.operations.util import any_changed
+
+from federate import paths
+from federate.ops import generated_once, matrix_user
+from federate.settings import Homeserver, HostSettings
+from federate.templates import template_path
+
+SECRET_KEYS = ("registration_shared_secret", "macaroon_secret_key", "form_secret")
+
+
+def homeserver_config(settings: HostSettings, hs: Homeserver) -> dict[str, Any]:
+    """homeserver.yaml as data. Secrets are not here: they live in secrets.yaml on the host."""
+    federation = ["federation"] if hs.federation_open else []
+    config: dict[str, Any] = {
+        "server_name": hs.server_name,
+        "public_baseurl": f"https://{hs.public_host}/",
+        "serve_server_wellknown": False,  # the proxy serves the well-known files
+        "report_stats": False,
+        "listeners": [{
+            "port": hs.port,
+            "bind_addresses": ["127.0.0.1"],
+            "type": "http",
+            "tls": False,
+            "x_forwarded": True,
+            "resources": [{"names": ["client", *federation], "compress": False}],
+        }],
+        "database": {
+            "name": "sqlite3",
+            "args": {"database": f"{paths.data_dir(hs.server_name)}/homeserver.db"},
+        },
+        "media_store_path": f"{paths.data_dir(hs.server_name)}/media_store",
+        "signing_key_path": paths.signing_key(hs.server_name),
+        "enable_registration": False,
+        "max_upload_size": settings.max_upload_size,
+        **hs.visibility,
+    }
+    if hs.federation_whitelist is not None:
+        config["federation_domain_whitelist"] = list(hs.federation_whitelist)
+    if settings.ip_range_whitelist:
+        config["ip_range_whitelist"] = list(settings.ip_range_whitelist)
+    key_servers = trusted_key_servers(settings, hs)
+    if key_servers is not None:
+        config["trusted_key_servers"] = key_servers
+    config.update(hs.synapse_extra)
+    return config
+
+
+def trusted_key_servers(settings: HostSettings, hs: Homeserver) -> list | None:
+    """Key servers this homeserver may use. None keeps Synapse's default (matrix.org).
+
+    A federation whitelist blocks key servers that are not on it, so with a whitelist only
+    the listed key servers that are also whitelisted remain: key fetches then go straight
+    to the origin servers instead of failing against a blocked notary.
+    """
+    servers = settings.trusted_key_servers
+    if hs.federation_whitelist is None:
+        return None if servers is None else [dict(s) for s in servers]
+    return [dict(s) for s in servers or () if s["server_name"] in hs.federation_whitelist]
+
+
+def render_homeserver_yaml(settings: HostSettings, hs: Homeserver) -> str:
+    header = (f"# Managed by federate for {hs.server_name}: edits are replaced on the next run.\n"
+              f"# Secrets are in {paths.secrets_yaml(hs.server_name)} (generated once on this host).\n")
+    return header + yaml.safe_dump(homeserver_config(settings, hs), sort_keys=False)
+
+
+def _secrets_command(venv_python: str) -> str:
+    keys = ", ".join(repr(k) for k in SECRET_KEYS)
+    script = ("import secrets, yaml, os; "
+              f"yaml.safe_dump({{k: secrets.token_urlsafe(48) for k in ({keys},)}}, "
+              "open(os.environ['OUT'], 'w'))")
+    return f'{venv_python} -c "{script}"'
+
+
+def controller_password(secrets_dir: str, server_name: str, localpart: str) -> str:
+    """A user's password: generated once, kept only on the controller, mode 0600."""
+    folder = Path(secrets_dir) / server_name
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder.parent.chmod(0o700)
+    path = folder / f"{localpart}.password"
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(24))
+    return path.read_text().strip()
+
+
+@deploy("Synapse")
+def install_synapse(settings: HostSettings):
+    apt.packages(name="Python venv support", packages=["python3-venv"])
+    server.user(name="Service user", user=paths.SYNAPSE_USER, system=True,
+                home=paths.DATA_ROOT, shell="/usr/sbin/nologin")
+    venv = pip.packages(
+        name=f"matrix-synapse {settings.synapse_version} in {paths.VENV}",
+        packages=[f"matrix-synapse=={settings.synapse_version}"],
+        virtualenv=paths.VENV,
+        virtualenv_kwargs={"venv": True},
+        pip=f"{paths.VENV}/bin/pip",
+    )
+    unit = files.template(name="Templated systemd unit", src=template_path("matrix-synapse@.service.j2"),
+                          dest=paths.UNIT_TEMPLATE, mode="644", paths=paths)
+    systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
+    for hs in host.loop(settings.homeservers):
+        _homeserver(settings, hs, changed_before=[venv, unit])
+
+
+def _homeserver(settings: HostSettings, hs: Homeserver, changed_before: list):
+    name, user = hs.server_name, paths.SYNAPSE_USER
+    files.directory(name=f"{name}: config dir", path=paths.conf_dir(name),
+                    user=user, group=user, mode="700")
+    files.directory(name=f"{name}: data dir", path=paths.data_dir(name),
+                    user=user, group=user, mode="700")
+    files.directory(name=f"{name}: media store", path=f"{paths.data_dir(name)}/media_store",
+                    user=user, group=user, mode="700")
+    key = generated_once(name=f"{name}: signing key (made once, never replaced)",
+                         path=paths.signing_key(name), user=user,
+                         command=f'{paths.VENV}/bin/generate_signing_key -o "$OUT"')
+    secret = generated_once(name=f"{name}: secrets (made once, never replaced)",
+                            path=paths.secrets_yaml(name), user=user,
+                            command=_secrets_command(f"{paths.VENV}/bin/python"))
+    config = files.put(name=f"{name}: homeserver.yaml", src=StringIO(render_homeserver_yaml(settings, hs)),
+                       dest=paths.homeserver_yaml(name), user=user, group=user, mode="600")
+    systemd.service(name=f"{name}: restart on change", service=paths.unit(name), running=True,
+                    restarted=True, _if=any_changed(config, key, secret, *changed_before))
+    systemd.service(name=f"{name}: running and enabled", service=paths.unit(name),
+                    running=True, enabled=True)
+    local_url = f"http://127.0.0.1:{hs.port}"
+    for user_entry in host.loop(hs.users):
+        matrix_user(
+            name=f"{name}: user {user_entry.localpart}",
+            venv=paths.VENV,
+            config_paths=[paths.homeserver_yaml(name), paths.secrets_yaml(name)],
+            local_url=local_url,
+            user_id=f"@{user_entry.localpart}:{name}",
+            localpart=user_entry.localpart,
+            password=controller_password(settings.secrets_dir, name, user_entry.localpart),
+            admin=user_entry.admin,
+        )
