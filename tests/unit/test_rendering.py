@@ -1,0 +1,70 @@
+"""Rendered files: homeserver.yaml is valid YAML holding no secret; nginx sites route as documented."""
+
+import json
+
+import yaml
+
+from federate import proxy, synapse
+from federate.settings import host_settings
+from federate.templates import render
+
+
+def settings(homeservers, **extra):
+    return host_settings("h1", {
+        "synapse_version": "1.163.2", "proxy": "nginx", "firewall": "ufw", "database": "sqlite",
+        "tls": {"mode": "acme", "acme_directory": "https://acme.test/dir"},
+        "homeservers": homeservers, **extra,
+    })
+
+
+def test_homeserver_yaml_is_valid_yaml_and_has_no_secret():
+    s = settings([{"server_name": "alpha.test", "public_host": "matrix.alpha.test",
+                   "synapse_extra": {"room_prejoin_state": {"additional_event_types": ["a: 'b' \"c\" #d"]}}}])
+    text = synapse.render_homeserver_yaml(s, s.homeservers[0])
+    config = yaml.safe_load(text)
+    assert config["server_name"] == "alpha.test"
+    assert config["public_baseurl"] == "https://matrix.alpha.test/"
+    assert config["room_prejoin_state"]["additional_event_types"] == ["a: 'b' \"c\" #d"]
+    for key in synapse.SECRET_KEYS:
+        assert key not in config
+    listener = config["listeners"][0]
+    assert listener["bind_addresses"] == ["127.0.0.1"] and listener["x_forwarded"] is True
+    assert listener["resources"][0]["names"] == ["client", "federation"]
+    assert "federation_domain_whitelist" not in config  # external: open federation
+
+
+def test_internal_homeserver_without_partners_exposes_no_federation():
+    s = settings([{"server_name": "in.test", "profile": "internal"}])
+    config = yaml.safe_load(synapse.render_homeserver_yaml(s, s.homeservers[0]))
+    assert config["federation_domain_whitelist"] == []
+    assert config["listeners"][0]["resources"][0]["names"] == ["client"]
+    site = render("federate-homeserver.conf.j2", **proxy.site_context(s, s.homeservers[0]))
+    assert "8448" not in site
+
+
+def test_whitelist_keeps_only_whitelisted_key_servers():
+    s = settings([{"server_name": "in.test", "profile": "internal", "federation_whitelist": ["p.test"]}],
+                 trusted_key_servers=[{"server_name": "p.test"}, {"server_name": "notary.test"}])
+    config = yaml.safe_load(synapse.render_homeserver_yaml(s, s.homeservers[0]))
+    assert config["trusted_key_servers"] == [{"server_name": "p.test"}]
+
+
+def test_nginx_site_routes():
+    s = settings([{"server_name": "alpha.test", "public_host": "matrix.alpha.test", "port": 8100}])
+    site = render("federate-homeserver.conf.j2", **proxy.site_context(s, s.homeservers[0]))
+    assert "server_name alpha.test matrix.alpha.test;" in site
+    for port in ("443", "8448"):
+        assert f"listen {port} ssl http2;" in site
+    assert "proxy_pass http://127.0.0.1:8100;" in site  # no URI part after the port
+    assert "client_max_body_size 50M;" in site
+    server_json = site.split("/.well-known/matrix/server")[1].split("return 200 '")[1].split("'")[0]
+    assert json.loads(server_json) == {"m.server": "matrix.alpha.test:443"}
+    assert "location ^~ /_synapse/admin" in site
+
+
+def test_unit_runs_both_config_files():
+    from federate import paths
+    unit = render("matrix-synapse@.service.j2", paths=paths)
+    assert "--config-path=/etc/matrix-synapse/%i/homeserver.yaml" in unit
+    assert "--config-path=/etc/matrix-synapse/%i/secrets.yaml" in unit
+    assert "User=matrix-synapse" in unit

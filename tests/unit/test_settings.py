@@ -1,0 +1,154 @@
+"""The settings model: defaults, derived values, and bad input refused with host + field named."""
+
+import pytest
+
+from federate.settings import SettingsError, host_settings, inventory_settings
+
+
+def data(**overrides):
+    base = {
+        "synapse_version": "1.163.2", "proxy": "nginx", "firewall": "ufw", "database": "sqlite",
+        "tls": {"mode": "acme", "acme_directory": "https://acme.test/dir"},
+        "homeservers": [{"server_name": "alpha.test"}],
+        "ssh_user": "root", "ssh_key": "/k",
+    }
+    base.update(overrides)
+    return base
+
+
+def refused(host_data, field, host="h1"):
+    with pytest.raises(SettingsError) as err:
+        host_settings(host, host_data)
+    assert err.value.host == host
+    assert err.value.field == field, str(err.value)
+    assert str(err.value).startswith(f"host {host}: {field}: ")
+    return str(err.value)
+
+
+def test_defaults_for_an_external_homeserver():
+    hs = host_settings("h1", data()).homeservers[0]
+    assert (hs.profile, hs.port, hs.public_host) == ("external", 8008, "alpha.test")
+    assert hs.federation_whitelist is None and hs.federation_open
+    assert not hs.delegated and hs.proxy_names == ("alpha.test",)
+
+
+def test_internal_profile_defaults_to_no_federation():
+    hs = host_settings("h1", data(homeservers=[{"server_name": "in.test", "profile": "internal"}])).homeservers[0]
+    assert hs.federation_whitelist == () and not hs.federation_open
+    assert hs.visibility["allow_profile_lookup_over_federation"] is False
+    assert hs.visibility["user_directory"]["exclude_remote_users"] is True
+
+
+def test_ports_are_assigned_around_given_ones():
+    hss = host_settings("h1", data(homeservers=[
+        {"server_name": "a.test"}, {"server_name": "b.test", "port": 8008}, {"server_name": "c.test"},
+    ])).homeservers
+    assert [hs.port for hs in hss] == [8009, 8008, 8010]
+
+
+def test_delegation_names():
+    hs = host_settings("h1", data(homeservers=[
+        {"server_name": "alpha.test", "public_host": "matrix.alpha.test"}])).homeservers[0]
+    assert hs.delegated and hs.proxy_names == ("alpha.test", "matrix.alpha.test")
+
+
+@pytest.mark.parametrize("name", ["", "Alpha.test", "https://alpha.test", "alpha", "alpha.test/x",
+                                  "alpha.test:99999", "-a.test", 42, None])
+def test_bad_server_names(name):
+    refused(data(homeservers=[{"server_name": name}]), "homeservers[0].server_name")
+
+
+def test_missing_server_name():
+    assert "is required" in refused(data(homeservers=[{"profile": "external"}]), "homeservers[0].server_name")
+
+
+def test_server_name_twice_on_one_host():
+    refused(data(homeservers=[{"server_name": "a.test"}, {"server_name": "a.test"}]),
+            "homeservers[1].server_name")
+
+
+def test_server_name_twice_across_hosts():
+    with pytest.raises(SettingsError) as err:
+        inventory_settings([("h1", data()), ("h2", data())])
+    assert (err.value.host, err.value.field) == ("h2", "homeservers[0].server_name")
+    assert "also deployed on host h1" in str(err.value)
+
+
+@pytest.mark.parametrize("port", [80, 443, 8448, 22, 70000, 100, "8008", True])
+def test_bad_ports(port):
+    refused(data(homeservers=[{"server_name": "a.test", "port": port}]), "homeservers[0].port")
+
+
+def test_port_collision():
+    assert "already used" in refused(data(homeservers=[
+        {"server_name": "a.test", "port": 9000}, {"server_name": "b.test", "port": 9000}]),
+        "homeservers[1].port")
+
+
+def test_ssh_port_is_never_a_synapse_port():
+    refused(data(ssh_port=2222, homeservers=[{"server_name": "a.test", "port": 2222}]), "homeservers[0].port")
+
+
+@pytest.mark.parametrize("key,value", [("proxy", "apache"), ("firewall", "iptables"), ("database", "mysql")])
+def test_unknown_choices(key, value):
+    assert "must be one of" in refused(data(**{key: value}), key)
+
+
+def test_unknown_profile():
+    refused(data(homeservers=[{"server_name": "a.test", "profile": "public"}]), "homeservers[0].profile")
+
+
+@pytest.mark.parametrize("whitelist,field", [("a.test", "homeservers[0].federation_whitelist"),
+                                             (["ok.test", "Not A Name"], "homeservers[0].federation_whitelist[1]")])
+def test_bad_whitelists(whitelist, field):
+    refused(data(homeservers=[{"server_name": "a.test", "federation_whitelist": whitelist}]), field)
+
+
+def test_typos_are_errors_with_a_suggestion():
+    assert "did you mean 'synapse_version'" in refused(data(synapse_verison="1"), "synapse_verison")
+    assert "did you mean 'server_name'" in refused(
+        data(homeservers=[{"server_name": "a.test", "server_nmae": "b"}]), "homeservers[0].server_nmae")
+    assert "did you mean 'acme_directory'" in refused(
+        data(tls={"mode": "acme", "acme_dir": "https://x"}), "tls.acme_dir")
+
+
+def test_connector_keys_are_not_ours_to_judge():
+    host_settings("h1", data(ssh_port=2222, ssh_known_hosts_file="/k", _sudo=True))
+
+
+def test_synapse_version_must_be_exact():
+    refused(data(synapse_version="latest"), "synapse_version")
+    refused(data(synapse_version=None), "synapse_version")
+
+
+def test_escape_hatch_cannot_touch_managed_keys():
+    refused(data(homeservers=[{"server_name": "a.test", "synapse_extra": {"listeners": []}}]),
+            "homeservers[0].synapse_extra.listeners")
+    hs = host_settings("h1", data(homeservers=[{"server_name": "a.test",
+                                                "synapse_extra": {"presence": {"enabled": False}}}])).homeservers[0]
+    assert hs.synapse_extra == {"presence": {"enabled": False}}
+
+
+def test_tls_checks():
+    refused(data(tls={"mode": "acme", "acme_directory": "http://plain"}), "tls.acme_directory")
+    refused(data(tls={"mode": "selfsigned"}), "tls.mode")
+    refused(data(tls={"mode": "provided", "certificates": {}}), "tls.certificates.alpha.test")
+
+
+def test_users():
+    hs = host_settings("h1", data(homeservers=[{"server_name": "a.test", "users": [
+        {"localpart": "alice", "admin": True}, {"localpart": "bob"}]}])).homeservers[0]
+    assert [(u.localpart, u.admin) for u in hs.users] == [("alice", True), ("bob", False)]
+    refused(data(homeservers=[{"server_name": "a.test", "users": [{"localpart": "Alice"}]}]),
+            "homeservers[0].users[0].localpart")
+    refused(data(homeservers=[{"server_name": "a.test", "users": [{"localpart": "a"}, {"localpart": "a"}]}]),
+            "homeservers[0].users[1].localpart")
+
+
+def test_ip_ranges():
+    refused(data(ip_range_whitelist=["10.0.0.0/33"]), "ip_range_whitelist[0]")
+    assert host_settings("h1", data(ip_range_whitelist=["10.9.0.0/24"])).ip_range_whitelist == ("10.9.0.0/24",)
+
+
+def test_no_homeservers():
+    refused(data(homeservers=[]), "homeservers")
