@@ -1,0 +1,127 @@
+"""Real Matrix clients (matrix-nio) talking to lab homeservers, for the demo and the tests.
+
+Clients resolve names through the lab DNS and trust the lab CA, exactly like a user's
+client would with real DNS and a public CA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+import uuid
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp.abc import AbstractResolver
+from nio import AsyncClient, JoinError, LoginResponse, RoomMessageText, RoomSendResponse
+
+from federate.probe import resolve_address
+
+
+class LabResolver(AbstractResolver):
+    def __init__(self, dns_server: str):
+        self.dns_server = dns_server
+
+    async def resolve(self, host, port=0, family=socket.AF_INET):
+        address = await asyncio.to_thread(resolve_address, host, self.dns_server)
+        return [{"hostname": host, "host": address, "port": port, "family": socket.AF_INET,
+                 "proto": 0, "flags": socket.AI_NUMERICHOST}]
+
+    async def close(self):
+        pass
+
+
+@dataclass
+class Account:
+    server_name: str
+    base_url: str  # https://public_host
+    localpart: str
+    password: str
+
+    @property
+    def user_id(self) -> str:
+        return f"@{self.localpart}:{self.server_name}"
+
+
+async def login(account: Account, dns_server: str, ca_file: str) -> AsyncClient:
+    client = AsyncClient(account.base_url, account.user_id)
+    connector = aiohttp.TCPConnector(resolver=LabResolver(dns_server),
+                                     ssl=ssl.create_default_context(cafile=ca_file))
+    client.client_session = aiohttp.ClientSession(connector=connector)
+    reply = await client.login(account.password, device_name="federate-probe")
+    if not isinstance(reply, LoginResponse):
+        await client.close()
+        raise RuntimeError(f"login of {account.user_id} failed: {reply}")
+    return client
+
+
+async def _sync_until(client: AsyncClient, found, deadline: float):
+    """Sync until `found(sync_response)` returns a value (or the deadline passes)."""
+    while time.monotonic() < deadline:
+        reply = await client.sync(timeout=2000)
+        value = found(reply)
+        if value is not None:
+            return value
+    return None
+
+
+async def _wait_for_invite(client: AsyncClient, room_id: str, deadline: float) -> bool:
+    def invited(reply):
+        rooms = getattr(getattr(reply, "rooms", None), "invite", {}) or {}
+        return True if room_id in rooms else None
+    return bool(await _sync_until(client, invited, deadline))
+
+
+async def _wait_for_message(client: AsyncClient, room_id: str, body: str, deadline: float):
+    def seen(reply):
+        joined = getattr(getattr(reply, "rooms", None), "join", {}) or {}
+        room = joined.get(room_id)
+        for event in (room.timeline.events if room else []):
+            if isinstance(event, RoomMessageText) and event.body == body:
+                return time.monotonic()
+        return None
+    return await _sync_until(client, seen, deadline)
+
+
+@dataclass
+class FederationResult:
+    room_id: str
+    latencies: list[float]  # seconds from send to seen on the other side, both directions
+
+
+async def room_across_servers(a: Account, b: Account, dns_server: str, ca_file: str,
+                              messages: int = 1, timeout: float = 60.0) -> FederationResult:
+    """a creates a room, invites b, b joins over federation, and messages flow both ways."""
+    deadline = time.monotonic() + timeout
+    first, second = await login(a, dns_server, ca_file), await login(b, dns_server, ca_file)
+    try:
+        created = await first.room_create(name=f"federate probe {uuid.uuid4().hex[:8]}", invite=[b.user_id])
+        room_id = getattr(created, "room_id", None)
+        if room_id is None:
+            raise RuntimeError(f"{a.user_id} could not create a room inviting {b.user_id}: {created}")
+        await second.sync(timeout=0)
+        if not await _wait_for_invite(second, room_id, deadline):
+            raise RuntimeError(f"{b.user_id} never saw the invite to {room_id}")
+        joined = await second.join(room_id)
+        if isinstance(joined, JoinError):
+            raise RuntimeError(f"{b.user_id} could not join {room_id}: {joined}")
+        await first.sync(timeout=0)
+        latencies = []
+        for i in range(messages):
+            for sender, receiver in ((first, second), (second, first)):
+                body = f"ping {i} from {sender.user_id} {uuid.uuid4().hex[:6]}"
+                start = time.monotonic()
+                sent = await sender.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": body})
+                if not isinstance(sent, RoomSendResponse):
+                    raise RuntimeError(f"{sender.user_id} could not send: {sent}")
+                seen_at = await _wait_for_message(receiver, room_id, body, deadline)
+                if seen_at is None:
+                    raise RuntimeError(f"{receiver.user_id} never saw {body!r}")
+                latencies.append(seen_at - start)
+        return FederationResult(room_id, latencies)
+    finally:
+        await first.close()
+        await second.close()
+

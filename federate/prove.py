@@ -1,0 +1,155 @@
+"""Proving a deployed lab from the controller: what a remote server and a user's client see.
+
+Used by `make demo` (`federate prove`) and the lab tests. It reads the same inventory the
+deploy used, so it checks what the settings promise, not what the templates happen to say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import runpy
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from federate.clients import Account, room_across_servers
+from federate.probe import https_get, verify_server_keys
+from federate.settings import Homeserver, HostSettings, inventory_settings
+from federate.synapse import controller_password
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+
+    def line(self) -> str:
+        return f"  [{'PASS' if self.ok else 'FAIL'}] {self.name}" + (f": {self.detail}" if self.detail else "")
+
+
+def inventory_hosts(inventory_path: str | Path, group_data_dir: str | Path = REPO_ROOT / "group_data"):
+    """(name, data) for every host of a pyinfra inventory file, with group_data/all.py merged in."""
+    defaults = {k: v for k, v in runpy.run_path(str(Path(group_data_dir) / "all.py")).items()
+                if not k.startswith("_")}
+    hosts = []
+    for group, members in runpy.run_path(str(inventory_path)).items():
+        if group.startswith("_") or not isinstance(members, list):
+            continue
+        for member in members:
+            name, data = member if isinstance(member, tuple) else (member, {})
+            hosts.append((name, {**defaults, **data}))
+    return hosts
+
+
+def load_settings(inventory_path) -> dict[str, HostSettings]:
+    return inventory_settings(inventory_hosts(inventory_path))
+
+
+def _check(name: str, func) -> Check:
+    try:
+        detail = func()
+        return Check(name, True, detail or "")
+    except Exception as error:  # every failure becomes a FAIL line naming what went wrong
+        return Check(name, False, f"{type(error).__name__}: {error}")
+
+
+def _expect(condition: bool, message: str):
+    if not condition:
+        raise AssertionError(message)
+
+
+def well_known_checks(hs: Homeserver, dns: str, ca_file: str) -> list[Check]:
+    def fetch(kind: str):
+        reply = https_get(hs.host_name, 443, f"/.well-known/matrix/{kind}", ca_file=ca_file, dns_server=dns)
+        _expect(reply.status == 200, f"HTTP {reply.status} (must be a plain 200, no redirect)")
+        _expect(reply.headers.get("content-type", "").startswith("application/json"),
+                f"content-type {reply.headers.get('content-type')!r}")
+        _expect(reply.headers.get("access-control-allow-origin") == "*", "no CORS header")
+        return reply.json()
+
+    def server():
+        document = fetch("server")
+        _expect(document.get("m.server") == f"{hs.public_host}:443", f"m.server is {document.get('m.server')!r}")
+        return json.dumps(document)
+
+    def client():
+        document = fetch("client")
+        base = document.get("m.homeserver", {}).get("base_url")
+        _expect(base == f"https://{hs.public_host}", f"base_url is {base!r}")
+        return json.dumps(document)
+
+    return [_check(f"{hs.server_name}: /.well-known/matrix/server", server),
+            _check(f"{hs.server_name}: /.well-known/matrix/client", client)]
+
+
+def federation_checks(hs: Homeserver, dns: str, ca_file: str) -> list[Check]:
+    def version():
+        reply = https_get(hs.public_host, 8448, "/_matrix/federation/v1/version", ca_file=ca_file, dns_server=dns)
+        _expect(reply.status == 200, f"HTTP {reply.status}")
+        server = reply.json()["server"]
+        return f"{server['name']} {server['version']} (TLS valid for {hs.public_host})"
+
+    def keys():
+        reply = https_get(hs.public_host, 8448, "/_matrix/key/v2/server", ca_file=ca_file, dns_server=dns)
+        _expect(reply.status == 200, f"HTTP {reply.status}")
+        document = reply.json()
+        _expect(document.get("server_name") == hs.server_name, f"server_name is {document.get('server_name')!r}")
+        _expect(document.get("valid_until_ts", 0) > time.time() * 1000, "valid_until_ts is in the past")
+        checks = verify_server_keys(document, hs.server_name)
+        _expect(bool(checks), "no ed25519 key")
+        _expect(all(c.valid for c in checks), "; ".join(f"{c.key_id}: {c.problem}" for c in checks if not c.valid))
+        return ", ".join(f"{c.key_id} signature valid" for c in checks)
+
+    return [_check(f"{hs.server_name}: federation version on {hs.public_host}:8448", version),
+            _check(f"{hs.server_name}: signed server keys", keys)]
+
+
+def account(settings: HostSettings, hs: Homeserver) -> Account:
+    user = hs.users[0]
+    return Account(hs.server_name, f"https://{hs.public_host}", user.localpart,
+                   controller_password(settings.secrets_dir, hs.server_name, user.localpart))
+
+
+def external_pair(all_settings: dict[str, HostSettings]):
+    """Two external homeservers with users, on different hosts (None if the lab has no such pair)."""
+    candidates = [(s, hs) for s in all_settings.values() for hs in s.homeservers
+                  if hs.profile == "external" and hs.users]
+    for i, (s1, hs1) in enumerate(candidates):
+        for s2, hs2 in candidates[i + 1:]:
+            if s1.host != s2.host:
+                return (s1, hs1), (s2, hs2)
+    return None
+
+
+def federation_room_check(all_settings, dns: str, ca_file: str, messages: int = 1) -> tuple[Check, list[float]]:
+    pair = external_pair(all_settings)
+    if pair is None:
+        return Check("room across hosts", False, "no two external homeservers with users on different hosts"), []
+    (s1, hs1), (s2, hs2) = pair
+    a, b = account(s1, hs1), account(s2, hs2)
+    latencies: list[float] = []
+
+    def run():
+        result = asyncio.run(room_across_servers(a, b, dns, ca_file, messages=messages))
+        latencies.extend(result.latencies)
+        return (f"{a.user_id} and {b.user_id} joined {result.room_id}; {len(result.latencies)} messages, "
+                f"median {statistics.median(result.latencies) * 1000:.0f} ms send->seen")
+
+    return _check(f"room across hosts ({hs1.server_name} <-> {hs2.server_name})", run), latencies
+
+
+def prove(lab: dict, messages: int = 1) -> list[Check]:
+    all_settings = load_settings(lab["inventory"])
+    dns, ca_file = lab["dns"], lab["ca_file"]
+    checks: list[Check] = []
+    for settings in all_settings.values():
+        for hs in settings.homeservers:
+            if hs.profile == "external":
+                checks += well_known_checks(hs, dns, ca_file) + federation_checks(hs, dns, ca_file)
+    room, _ = federation_room_check(all_settings, dns, ca_file, messages)
+    return checks + [room]

@@ -1,0 +1,91 @@
+"""Issue: the first vertical slice, deployed on real lab hosts and observed from outside."""
+
+from __future__ import annotations
+
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import yaml
+
+from federate import prove
+from federate.probe import https_get
+
+from .conftest import json_totals, run_deploy
+
+pytestmark = pytest.mark.lab
+
+
+def test_remote_checks_pass(deployed):
+    checks = prove.prove(deployed.info)
+    failed = [c.line() for c in checks if not c.ok]
+    assert not failed, "\n".join(failed)
+    # 2 well-known + version + keys for each external server, plus the room across hosts
+    assert len(checks) == 4 * 2 + 1
+
+
+def test_well_known_is_never_a_redirect_and_admin_api_is_closed(deployed):
+    info = deployed.info
+    reply = https_get("alpha.test", 443, "/.well-known/matrix/server", ca_file=info["ca_file"], dns_server=info["dns"])
+    assert reply.status == 200
+    admin = https_get("matrix.alpha.test", 443, "/_synapse/admin/v1/server_version",
+                      ca_file=info["ca_file"], dns_server=info["dns"])
+    assert admin.status == 404
+    unknown = https_get("matrix.alpha.test", 443, "/nothing-here", ca_file=info["ca_file"], dns_server=info["dns"])
+    assert unknown.status == 404
+
+
+def _open_ports(address: str, ports) -> set[int]:
+    def probe(port):
+        with socket.socket() as sock:
+            sock.settimeout(1.0)
+            return port if sock.connect_ex((address, port)) == 0 else None
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        return {p for p in pool.map(probe, ports) if p}
+
+
+@pytest.mark.parametrize("host", ["hs1", "hs2"])
+def test_only_ssh_and_web_ports_are_open(deployed, host):
+    # Every privileged port, the Synapse listener range and common service ports.
+    ports = set(range(1, 1025)) | set(range(8000, 8100)) | {3000, 5432, 6379, 8448, 9000, 9090, 15000}
+    assert _open_ports(deployed.address(host), sorted(ports)) == {22, 80, 443, 8448}
+    # Synapse itself listens, but only on loopback inside the host.
+    listening = deployed.ssh(host, "ss -Hltn 'sport = :8008'").stdout
+    assert "127.0.0.1:8008" in listening
+
+
+def test_services_and_file_modes(deployed):
+    for host, names in (("hs1", ["alpha.test", "internal.alpha.test"]), ("hs2", ["beta.test"])):
+        for name in names:
+            assert deployed.ssh(host, f"systemctl is-active matrix-synapse@{name}.service").stdout.strip() == "active"
+            assert deployed.ssh(host, f"systemctl is-enabled matrix-synapse@{name}.service").stdout.strip() == "enabled"
+            modes = deployed.ssh(host, f"stat -c '%n %a %U' /etc/matrix-synapse/{name}/* "
+                                       f"/etc/matrix-synapse/{name} /var/lib/matrix-synapse/{name}").stdout
+            for line in modes.splitlines():
+                path, mode, owner = line.split()
+                assert owner == "matrix-synapse", line
+                assert mode in ("600", "700"), line
+            config = yaml.safe_load(deployed.ssh(host, f"cat /etc/matrix-synapse/{name}/homeserver.yaml").stdout)
+            assert "macaroon_secret_key" not in config and "registration_shared_secret" not in config
+        assert deployed.ssh(host, "systemctl is-active nginx").stdout.strip() == "active"
+        assert "Status: active" in deployed.ssh(host, "ufw status").stdout
+
+
+def test_second_run_changes_nothing(deployed):
+    start = time.monotonic()
+    result = run_deploy(deployed.inventory, "--json")
+    deployed.timings["noop_deploy"] = time.monotonic() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+    totals = json_totals(result)
+    assert totals["success"] == 0, totals
+
+
+def test_signing_key_survives_a_rerun(deployed):
+    before = deployed.ssh("hs2", "sha256sum /etc/matrix-synapse/beta.test/signing.key "
+                                 "/etc/matrix-synapse/beta.test/secrets.yaml").stdout
+    assert run_deploy(deployed.inventory).returncode == 0
+    after = deployed.ssh("hs2", "sha256sum /etc/matrix-synapse/beta.test/signing.key "
+                                "/etc/matrix-synapse/beta.test/secrets.yaml").stdout
+    assert before == after
+
