@@ -10,8 +10,8 @@ ACME server and a forward proxy that reaches only the package registries the con
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import json
+import logging
 import shutil
 import subprocess
 import time
@@ -31,12 +31,11 @@ REQUIRED_TOOLS = ["systemd-nspawn", "mmdebstrap", "dnsmasq", "pebble", "tinyprox
                   "ssh-keygen", "ip", "mount"]
 
 
-def _silent(message: str) -> None:
-    pass
+LOGGER = logging.getLogger(__name__)
 
 
 class Lab:
-    def __init__(self, name: str = DEFAULT_NAME, root: Path | str = ".", log=_silent):
+    def __init__(self, name: str = DEFAULT_NAME, root: Path | str = ".", log=LOGGER.info):
         self.name = validate_name(name)
         self.paths = LabPaths(self.name, Path(root))
         self.log = log
@@ -158,7 +157,7 @@ class Lab:
         command = services.dnsmasq_command(bridge_ip, records, srv, self.paths.file("dnsmasq.pid"))
         self._spawn(state, "dnsmasq", command)
         resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers, resolver.lifetime = [bridge_ip], 2.0
+        resolver.nameservers, resolver.lifetime = [bridge_ip], 0.3
         deadline = time.monotonic() + 15
         while True:
             try:
@@ -210,7 +209,7 @@ class Lab:
         known = []
         started = {}
         for host in spec["hosts"]:
-            start = time.monotonic()
+            prepare_start = time.monotonic()
             root = hosts.mount_overlay(lower, self.paths.host_dir(host))
             hosts.configure_root(root, host=host, address=addresses[host], prefixlen=subnet.prefixlen,
                                  dns=bridge_ip, authorized_key=key_pub, files=files, ca_files=cas)
@@ -220,11 +219,12 @@ class Lab:
             pid = self._spawn(state, f"host:{host}", hosts.nspawn_command(root, machine_name(self.name, host),
                                                                           state.get("bridge")),
                               cgroups=cgroups)
-            started[host] = (pid, start)
+            started[host] = (pid, time.monotonic())
+            self.log(f"    {host} {addresses[host]} root prepared in {time.monotonic() - prepare_start:.1f}s, booting")
         self.paths.file("known_hosts").write_text("\n".join(known) + "\n")
         for host, (pid, start) in started.items():
             hosts.wait_ready(addresses[host], self.paths.file("id_ed25519"), self.paths.file("known_hosts"), pid)
-            self.log(f"    {host} {addresses[host]} up {time.monotonic() - start:.1f}s after its start")
+            self.log(f"    {host} {addresses[host]} SSH and systemd ready {time.monotonic() - start:.1f}s after boot")
 
     def _write_outputs(self, state: State, spec: dict, subnet, bridge_ip: str) -> dict:
         addresses = state.get("addresses")

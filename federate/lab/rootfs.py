@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import shutil
@@ -93,4 +94,8 @@ def ensure_extracted(stamp: str, log=print) -> Path:
 
 
 def ensure_rootfs(log=print) -> Path:
-    return ensure_extracted(ensure_tarball(log), log)
+    """Build (once) and extract (once); a lock keeps labs started in parallel from racing."""
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_DIR / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return ensure_extracted(ensure_tarball(log), log)
