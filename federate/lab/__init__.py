@@ -32,6 +32,7 @@ REQUIRED_TOOLS = ["systemd-nspawn", "mmdebstrap", "dnsmasq", "pebble", "tinyprox
 
 
 LOGGER = logging.getLogger(__name__)
+LOCK_DIR = Path("/run/federate")
 
 
 class Lab:
@@ -48,6 +49,9 @@ class Lab:
         with self._locked():
             running = self._running_info()
             if running is not None:
+                if topology is not None and State(self.paths.state_file).get("topology") != spec:
+                    raise RuntimeError(f"lab {self.name} is up with another topology: "
+                                       f"`federate lab down --name {self.name}` first")
                 self.log(f"lab {self.name} is already up ({self.paths.file('lab.json')})")
                 return running
             if self.paths.state_file.exists():
@@ -62,7 +66,7 @@ class Lab:
 
     def down(self) -> None:
         """Remove everything the lab made. Safe to run twice and after a partial `up`."""
-        with self._locked():
+        with self._locked(remove=True):
             self._down()
 
     def status(self) -> dict:
@@ -97,7 +101,7 @@ class Lab:
     def _up(self, spec: dict) -> dict:
         self._check_tools()
         state = State(self.paths.state_file)
-        self.paths.state_dir.mkdir(parents=True, exist_ok=True)
+        state.set("topology", spec)
         lower = self._step("rootfs", lambda: rootfs.ensure_rootfs(self.log))
         bridge_ip, subnet = self._step("bridge", lambda: self._make_bridge(state))
         addresses = topo.host_addresses(spec, lambda i: host_address(subnet, i))
@@ -190,7 +194,7 @@ class Lab:
         filter_file.write_text("\n".join(services.host_filter_lines(allowed)) + "\n")
         config = self.paths.file("tinyproxy.conf")
         config.write_text(services.tinyproxy_config(bridge_ip, subnet, filter_file,
-                                                    Path("/run") / f"federate-tinyproxy-{self.name}.pid"))
+                                                    self.paths.file("tinyproxy.pid")))
         self._spawn(state, "tinyproxy", services.tinyproxy_command(config))
         services.wait_tcp(bridge_ip, services.PROXY_PORT)
 
@@ -287,9 +291,16 @@ class Lab:
         return found
 
     @contextmanager
-    def _locked(self):
-        """One `up`/`down` per lab at a time."""
-        lock_path = Path("/run") / f"federate-lab-{self.name}.lock"
+    def _locked(self, remove: bool = False):
+        """One `up`/`down` per lab at a time (the lock file goes with `down`)."""
+        LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        lock_path = LOCK_DIR / f"lab-{self.name}.lock"
         with open(lock_path, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
+            if remove:
+                lock_path.unlink(missing_ok=True)
+                try:
+                    LOCK_DIR.rmdir()
+                except OSError:
+                    pass  # other labs' locks are still there

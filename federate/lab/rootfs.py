@@ -78,6 +78,9 @@ def ensure_extracted(stamp: str, log=print) -> Path:
     """The tarball unpacked once into a directory shared read-only by all hosts' overlays."""
     if EXTRACTED.is_dir() and _stamp_matches(EXTRACTED_STAMP, stamp):
         return EXTRACTED
+    if in_use():
+        raise RuntimeError(f"the rootfs recipe changed but running lab hosts use {EXTRACTED}: "
+                           "bring those labs down first")
     log(f"extracting the rootfs to {EXTRACTED}")
     EXTRACTED_STAMP.unlink(missing_ok=True)
     if EXTRACTED.exists():
@@ -91,6 +94,12 @@ def ensure_extracted(stamp: str, log=print) -> Path:
     partial.rename(EXTRACTED)
     EXTRACTED_STAMP.write_text(stamp + "\n")
     return EXTRACTED
+
+
+def in_use() -> bool:
+    """Some overlay mount has the extracted rootfs as its lower layer."""
+    mountinfo = Path("/proc/self/mountinfo").read_text()
+    return f"lowerdir={EXTRACTED}," in mountinfo or f"lowerdir={EXTRACTED}\n" in mountinfo
 
 
 def ensure_rootfs(log=print) -> Path:
