@@ -12,9 +12,11 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -194,7 +196,8 @@ class Lab:
         filter_file.write_text("\n".join(services.host_filter_lines(allowed)) + "\n")
         config = self.paths.file("tinyproxy.conf")
         config.write_text(services.tinyproxy_config(bridge_ip, subnet, filter_file,
-                                                    self.paths.file("tinyproxy.pid")))
+                                                    self.paths.file("tinyproxy.pid"),
+                                                    services.upstream_proxy(dict(os.environ))))
         self._spawn(state, "tinyproxy", services.tinyproxy_command(config))
         services.wait_tcp(bridge_ip, services.PROXY_PORT)
 
@@ -208,27 +211,34 @@ class Lab:
 
     def _start_hosts(self, state: State, spec: dict, lower: Path, subnet, bridge_ip: str,
                      files: dict, cas: dict) -> None:
-        key_pub = self.paths.file("id_ed25519.pub").read_text()
+        """Prepare all roots in parallel (mostly key generation and CA rehashing), boot, wait."""
         addresses = state.get("addresses")
-        known = []
-        started = {}
-        for host in spec["hosts"]:
-            prepare_start = time.monotonic()
-            root = hosts.mount_overlay(lower, self.paths.host_dir(host))
-            hosts.configure_root(root, host=host, address=addresses[host], prefixlen=subnet.prefixlen,
-                                 dns=bridge_ip, authorized_key=key_pub, files=files, ca_files=cas)
-            known += hosts.known_hosts_lines(root, addresses[host])
-            cgroups = procs.make_cgroups(f"{self.name}_{host}")
-            state.data.setdefault("cgroups", []).extend(cgroups)
-            pid = self._spawn(state, f"host:{host}", hosts.nspawn_command(root, machine_name(self.name, host),
-                                                                          state.get("bridge")),
-                              cgroups=cgroups)
-            started[host] = (pid, time.monotonic())
-            self.log(f"    {host} {addresses[host]} root prepared in {time.monotonic() - prepare_start:.1f}s, booting")
+        prepare_start = time.monotonic()
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            roots = dict(zip(spec["hosts"], pool.map(
+                lambda host: self._prepare_host(host, lower, addresses[host], subnet.prefixlen,
+                                                bridge_ip, files, cas), spec["hosts"])))
+        self.log(f"    roots prepared in {time.monotonic() - prepare_start:.1f}s")
+        known = [line for host, root in roots.items() for line in hosts.known_hosts_lines(root, addresses[host])]
         self.paths.file("known_hosts").write_text("\n".join(known) + "\n")
+        started = {host: (self._boot_host(state, host, root), time.monotonic()) for host, root in roots.items()}
         for host, (pid, start) in started.items():
             hosts.wait_ready(addresses[host], self.paths.file("id_ed25519"), self.paths.file("known_hosts"), pid)
             self.log(f"    {host} {addresses[host]} SSH and systemd ready {time.monotonic() - start:.1f}s after boot")
+
+    def _prepare_host(self, host: str, lower: Path, address: str, prefixlen: int, bridge_ip: str,
+                      files: dict, cas: dict) -> Path:
+        root = hosts.mount_overlay(lower, self.paths.host_dir(host))
+        hosts.configure_root(root, host=host, address=address, prefixlen=prefixlen, dns=bridge_ip,
+                             authorized_key=self.paths.file("id_ed25519.pub").read_text(),
+                             files=files, ca_files=cas)
+        return root
+
+    def _boot_host(self, state: State, host: str, root: Path) -> int:
+        cgroups = procs.make_cgroups(f"{self.name}_{host}")
+        state.data.setdefault("cgroups", []).extend(cgroups)
+        command = hosts.nspawn_command(root, machine_name(self.name, host), state.get("bridge"))
+        return self._spawn(state, f"host:{host}", command, cgroups=cgroups)
 
     def _write_outputs(self, state: State, spec: dict, subnet, bridge_ip: str) -> dict:
         addresses = state.get("addresses")

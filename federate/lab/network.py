@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
+from pathlib import Path
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -38,8 +39,18 @@ def bridge_exists(bridge: str) -> bool:
 def create_bridge(bridge: str, address: str, prefixlen: int) -> None:
     if not bridge_exists(bridge):
         _ip("link", "add", "name", bridge, "type", "bridge")
+    isolate(bridge)
     _ip("addr", "replace", f"{address}/{prefixlen}", "dev", bridge)
     _ip("link", "set", bridge, "up")
+
+
+def isolate(bridge: str) -> None:
+    """Nothing from the lab is routed onward, even if the controller forwards for others
+    (a host could add its own default route); no IPv6 on the bridge at all."""
+    Path(f"/proc/sys/net/ipv4/conf/{bridge}/forwarding").write_text("0\n")
+    ipv6 = Path(f"/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6")
+    if ipv6.exists():
+        ipv6.write_text("1\n")
 
 
 def delete_bridge(bridge: str) -> None:

@@ -237,3 +237,10 @@ def test_nspawn_command_flags():
     for flag in ("-b", "--register=no", "--keep-unit", "--resolv-conf=off", "--timezone=off",
                  "--network-bridge=fl-dev", "--machine=abcd-hs1"):
         assert flag in command
+
+
+def test_tinyproxy_chains_to_the_controllers_own_proxy():
+    assert services.upstream_proxy({}) is None
+    assert services.upstream_proxy({"https_proxy": "http://proxy.corp:8080/"}) == "proxy.corp:8080"
+    config = services.tinyproxy_config("10.1.2.1", "10.1.2.0/24", Path("/f"), Path("/p"), "proxy.corp:8080")
+    assert "Upstream http proxy.corp:8080" in config
