@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from federate.prove import add_prove_parser
+
 
 def _print(message: str) -> None:
     print(message, flush=True)
@@ -82,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="federate", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_lab_parser(subparsers)
+    add_prove_parser(subparsers)
     return parser
 
 

@@ -153,3 +153,22 @@ def prove(lab: dict, messages: int = 1) -> list[Check]:
                 checks += well_known_checks(hs, dns, ca_file) + federation_checks(hs, dns, ca_file)
     room, _ = federation_room_check(all_settings, dns, ca_file, messages)
     return checks + [room]
+
+
+def add_prove_parser(subparsers):
+    parser = subparsers.add_parser(
+        "prove", help="check a deployed lab from outside: well-known, TLS, keys, a room across hosts")
+    parser.add_argument("--lab-json", default=".lab/lab.json", help="the lab's lab.json (default: the demo lab)")
+    parser.add_argument("--messages", type=int, default=3, help="messages each way in the cross-host room")
+    parser.set_defaults(handler=prove_command)
+
+
+def prove_command(args) -> int:
+    lab = json.loads(Path(args.lab_json).read_text())
+    checks = prove(lab, messages=args.messages)
+    print(f"federate prove: {len(checks)} checks against lab '{lab.get('name', '?')}'")
+    for check in checks:
+        print(check.line())
+    failed = [c for c in checks if not c.ok]
+    print(f"{len(checks) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0

@@ -80,7 +80,7 @@ def acme_directory(bridge_ip: str) -> str:
 
 
 def inventory_hosts(topology: dict, addresses: dict[str, str], *, ssh_key: Path, known_hosts: Path,
-                    bridge_ip: str, subnet: str) -> list[tuple[str, dict]]:
+                    bridge_ip: str, subnet: str, secrets_dir: Path) -> list[tuple[str, dict]]:
     hosts = []
     for host, spec in topology["hosts"].items():
         data = {
@@ -90,6 +90,7 @@ def inventory_hosts(topology: dict, addresses: dict[str, str], *, ssh_key: Path,
             "tls": {"mode": "acme", "acme_directory": acme_directory(bridge_ip), "email": ACME_EMAIL},
             "ip_range_whitelist": [subnet],
             "trusted_key_servers": [],
+            "secrets_dir": str(secrets_dir),  # user passwords stay with this lab's state
         }
         data.update(copy.deepcopy(spec.get("host_data", {})))  # optional per-host overrides
         hosts.append((host, data))

@@ -199,7 +199,8 @@ def test_inventory_is_valid_python_with_absolute_paths(tmp_path):
     spec = topology.load_topology(None)
     rendered = topology.render_inventory(topology.inventory_hosts(
         spec, {"hs1": "10.1.2.11", "hs2": "10.1.2.12"}, ssh_key=tmp_path / "id_ed25519",
-        known_hosts=tmp_path / "known_hosts", bridge_ip="10.1.2.1", subnet="10.1.2.0/24"))
+        known_hosts=tmp_path / "known_hosts", bridge_ip="10.1.2.1", subnet="10.1.2.0/24",
+        secrets_dir=tmp_path / "secrets"))
     namespace: dict = {}
     exec(compile(rendered, "inventory.py", "exec"), namespace)
     ast.parse(rendered)
@@ -211,6 +212,7 @@ def test_inventory_is_valid_python_with_absolute_paths(tmp_path):
     assert hs1["tls"] == {"mode": "acme", "acme_directory": "https://10.1.2.1:14000/dir",
                           "email": topology.ACME_EMAIL}
     assert hs1["ip_range_whitelist"] == ["10.1.2.0/24"] and hs1["trusted_key_servers"] == []
+    assert hs1["secrets_dir"] == str(tmp_path / "secrets")
 
 
 # --- files inside a host -------------------------------------------------------------------------
