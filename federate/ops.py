@@ -11,9 +11,18 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
-from pyinfra.facts.files import File
 
 from federate.paths import UPLOAD_TMP
+
+
+class PathExists(FactBase):
+    """Whether anything exists at a path, following symlinks (certbot's live/ files are links)."""
+
+    def command(self, path: str) -> str:
+        return f"test -e {shlex.quote(path)} && echo yes || echo no"
+
+    def process(self, output):
+        return "".join(output).strip() == "yes"
 
 
 class HttpStatus(FactBase):
@@ -43,12 +52,12 @@ def generated_once(path: str, command: str, user: str, mode: str = "600"):
     Used for signing keys and secrets: never overwritten once made. The file is written to a
     temporary name, given its owner and mode, then renamed, so a half-written key never exists.
     """
-    if host.get_fact(File, path=path):
+    if host.get_fact(PathExists, path=path):
         host.noop(f"{path} exists and is kept")
         return
     tmp = f"{path}.new"
     yield StringCommand(
-        f"umask 077 && OUT={shlex.quote(tmp)} && {command}"
+        f"umask 077 && export OUT={shlex.quote(tmp)} && {command}"
         f" && chown {user}:{user} {shlex.quote(tmp)} && chmod {mode} {shlex.quote(tmp)}"
         f" && mv -f {shlex.quote(tmp)} {shlex.quote(path)}"
     )

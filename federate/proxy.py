@@ -43,7 +43,7 @@ def _reload_if(*ops):
 @deploy("Proxy: port 80")
 def http_site(settings: HostSettings):
     apt.packages(name="nginx", packages=["nginx"])
-    removed = files.file(name="Debian's default site off", path="/etc/nginx/sites-enabled/default",
+    removed = files.link(name="Debian's default site off", path="/etc/nginx/sites-enabled/default",
                          present=False)
     webroot = files.directory(name="ACME webroot", path=paths.ACME_WEBROOT, mode="755")
     site = files.template(name="Port 80 site", src=template_path("federate-http.conf.j2"),

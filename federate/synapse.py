@@ -106,8 +106,7 @@ def install_synapse(settings: HostSettings):
         name=f"matrix-synapse {settings.synapse_version} in {paths.VENV}",
         packages=[f"matrix-synapse=={settings.synapse_version}"],
         virtualenv=paths.VENV,
-        virtualenv_kwargs={"venv": True},
-        pip=f"{paths.VENV}/bin/pip",
+        virtualenv_kwargs={"venv": True, "python": "python3"},
     )
     unit = files.template(name="Templated systemd unit", src=template_path("matrix-synapse@.service.j2"),
                           dest=paths.UNIT_TEMPLATE, mode="644", paths=paths)

@@ -6,10 +6,10 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import StringCommand, deploy, operation
-from pyinfra.facts.files import File
 from pyinfra.operations import apt, files
 
 from federate import paths
+from federate.ops import PathExists
 from federate.settings import Homeserver, HostSettings
 
 LETSENCRYPT_LIVE = "/etc/letsencrypt/live"
@@ -28,7 +28,7 @@ def certificate_paths(settings: HostSettings, hs: Homeserver) -> tuple[str, str]
 def acme_certificate(names: list[str], cert_name: str, directory: str, email: str | None,
                      webroot: str, reload_command: str):
     """Obtain a certificate for `names` once; certbot's own timer renews it afterwards."""
-    if host.get_fact(File, path=f"{LETSENCRYPT_LIVE}/{cert_name}/fullchain.pem"):
+    if host.get_fact(PathExists, path=f"{LETSENCRYPT_LIVE}/{cert_name}/fullchain.pem"):
         host.noop(f"certificate {cert_name} exists")
         return
     contact = f"-m {shlex.quote(email)}" if email else "--register-unsafely-without-email"
