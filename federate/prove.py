@@ -115,6 +115,11 @@ def account(settings: HostSettings, hs: Homeserver) -> Account:
                    controller_password(settings.secrets_dir, hs.server_name, user.localpart))
 
 
+def accounts(all_settings: dict[str, HostSettings]) -> dict[str, Account]:
+    """The first user's account of every homeserver that has users, by server name."""
+    return {hs.server_name: account(s, hs) for s in all_settings.values() for hs in s.homeservers if hs.users}
+
+
 def external_pair(all_settings: dict[str, HostSettings]):
     """Two external homeservers with users, on different hosts (None if the lab has no such pair)."""
     candidates = [(s, hs) for s in all_settings.values() for hs in s.homeservers

@@ -3,18 +3,14 @@ even when tests fail. Everything is observed from outside: TLS, HTTP, ports, SSH
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from federate.lab import Lab
-
-REPO = Path(__file__).resolve().parents[2]
-PYINFRA = str(Path(os.sys.executable).parent / "pyinfra")
+from federate.lab.runner import REPO_ROOT, run_deploy
 
 TOPOLOGY = {
     "hosts": {
@@ -29,18 +25,6 @@ TOPOLOGY = {
         ]},
     },
 }
-
-
-def run_deploy(inventory: str, *extra: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    """`pyinfra INVENTORY deploy.py -y` exactly as a user runs it (from the repo root)."""
-    return subprocess.run([PYINFRA, inventory, "deploy.py", "-y", *extra], cwd=REPO, text=True,
-                          capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
-
-
-def json_totals(result: subprocess.CompletedProcess) -> dict:
-    """The `results.totals` of a `--json` run (pyinfra prints the JSON document last)."""
-    start = result.stdout.index("{")
-    return json.loads(result.stdout[start:])["results"]["totals"]
 
 
 class LabSession:
@@ -68,7 +52,7 @@ class LabSession:
 
 @pytest.fixture(scope="session")
 def lab():
-    lab = Lab(f"t{os.getpid() % 100000}", root=REPO)
+    lab = Lab(f"t{os.getpid() % 100000}", root=REPO_ROOT)
     try:
         start = time.monotonic()
         info = lab.up(TOPOLOGY)

@@ -12,7 +12,7 @@ import yaml
 from federate import prove
 from federate.probe import https_get
 
-from .conftest import json_totals, run_deploy
+from federate.lab.runner import json_totals, run_deploy
 
 pytestmark = pytest.mark.lab
 

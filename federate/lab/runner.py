@@ -1,0 +1,22 @@
+"""Running the deploy exactly as a user does (`pyinfra INVENTORY deploy.py -y`), for tests and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PYINFRA = str(Path(sys.executable).parent / "pyinfra")
+
+
+def run_deploy(inventory: str, *extra: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    """Run the playbook from the repo root (where group_data/ lives), never waiting on stdin."""
+    return subprocess.run([PYINFRA, inventory, "deploy.py", "-y", *extra], cwd=REPO_ROOT, text=True,
+                          capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
+
+
+def json_totals(result: subprocess.CompletedProcess) -> dict:
+    """`results.totals` of a `--json` run; its `success` counts operations that changed something."""
+    return json.loads(result.stdout[result.stdout.index("{"):])["results"]["totals"]
