@@ -1,0 +1,1 @@
+"""The pieces of `federate check`: resolution, connection checks, client discovery, hints."""

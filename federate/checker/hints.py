@@ -1,0 +1,224 @@
+"""From a check report to the likely fix: the troubles people hit most when federation fails.
+
+HINTS is the table (also the documentation of what `federate check` can diagnose); each
+detector below looks at the report and fills in one entry's blanks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from federate.probe import split_host_port
+
+HINTS = {
+    "dns": {
+        "check": "DNS",
+        "problem": "{problem}",
+        "fix": "Publish an A (and/or AAAA) record for {name}, or delegate with /.well-known/matrix/server "
+               "on https://{server_name}/ to a host that has one.",
+    },
+    "port-closed": {
+        "check": "connection",
+        "problem": "{addr}: {message}",
+        "fix": "Open port {port}/tcp to the internet (e.g. `ufw allow {port}/tcp`, and any firewall of the "
+               "hosting provider) and make the reverse proxy listen on it; or, if that port cannot be "
+               "opened, delegate federation to port 443 with /.well-known/matrix/server.",
+    },
+    "no-delegation": {
+        "check": "well-known",
+        "problem": "{server_name} has no /.well-known/matrix/server ({result}) and no SRV record, so other "
+                   "servers connect to {server_name}:8448, and that did not work.",
+        "fix": "If Synapse answers on another host or port (its API host), serve "
+               "{{\"m.server\": \"<api host>:443\"}} at https://{server_name}/.well-known/matrix/server "
+               "with a plain 200 and Content-Type application/json.",
+    },
+    "well-known-invalid": {
+        "check": "well-known",
+        "problem": "https://{server_name}/.well-known/matrix/server is unusable: {result}. Other servers "
+                   "ignore it and fall back to SRV records and port 8448.",
+        "fix": "Serve a small JSON object {{\"m.server\": \"host:port\"}} with a plain 200 (no redirect, "
+               "under 50 KiB).",
+    },
+    "well-known-308": {
+        "check": "well-known",
+        "problem": "the well-known is reached through a 308 redirect ({source} -> {destination}); some "
+                   "homeservers do not follow 308 and then fail with M_UNKNOWN or 401.",
+        "fix": "Serve /.well-known/matrix/server directly with a 200 (or redirect with 301/302); check "
+               "apex-to-www rules and ingress defaults, which often answer 308.",
+    },
+    "api-host": {
+        "check": "keys",
+        "problem": "you checked {server_name} but the keys at {addr} belong to {actual}.",
+        "fix": "Check the server name, not the API host: `federate check {actual}`. If {server_name} is "
+               "really your server name, this address serves another homeserver: fix the delegation "
+               "target or the proxy's server block for this name.",
+    },
+    "certificate": {
+        "check": "TLS",
+        "problem": "{addr}: {message}; the certificate is for {names}.",
+        "fix": "Serve a certificate from a CA other servers trust that covers {tls_name} (the server name or "
+               "the delegated host; never just the SRV target), with the full chain, on the proxy's "
+               "server block for {tls_name}.",
+    },
+    "reverse-proxy": {
+        "check": "keys",
+        "problem": "{addr}: {message}",
+        "fix": "The reverse proxy must pass /_matrix/ unchanged to Synapse (nginx: `proxy_pass "
+               "http://127.0.0.1:8008;` with no path after the port, no rewrite) and keep the Host "
+               "header; a proxy that rewrites paths, bodies or drops headers breaks the signed answers.",
+    },
+    "keys-expired": {
+        "check": "keys",
+        "problem": "{addr}: the key document's valid_until_ts is in the past.",
+        "fix": "Check the server's clock (NTP), and that no cache in front of /_matrix/key/v2/server "
+               "serves an old answer.",
+    },
+    "srv-cname": {
+        "check": "DNS",
+        "problem": "{message}",
+        "fix": "Point the SRV record at a host name with A/AAAA records itself, not at a CNAME.",
+    },
+    "private-address": {
+        "check": "DNS",
+        "problem": "{addr} is a private or reserved address: Synapse refuses to connect to those by "
+                   "default, so remote servers will not reach it.",
+        "fix": "Publish a public address in DNS; for a private federation, list the range in every "
+               "server's ip_range_whitelist.",
+    },
+    "client": {
+        "check": "client",
+        "problem": "{message}",
+        "fix": "Serve {{\"m.homeserver\": {{\"base_url\": \"https://<api host>\"}}}} at "
+               "https://{host}/.well-known/matrix/client with a plain 200, Content-Type application/json "
+               "and Access-Control-Allow-Origin: *; the base_url must answer /_matrix/client/versions.",
+    },
+    "join-401": {
+        "check": "general",
+        "problem": "Joining rooms over federation fails with \"401: Unauthorized\" when other servers in "
+                   "the room cannot reach yours (a join needs connections in both directions).",
+        "fix": "Fix the failures above until this check passes, then join again.",
+    },
+}
+
+ERROR, WARNING, INFO = "error", "warning", "info"
+
+# Synapse's default ip_range_blacklist: remote Synapse servers refuse to connect to these.
+SYNAPSE_BLOCKED_RANGES = [ipaddress.ip_network(n) for n in (
+    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "192.0.0.0/24",
+    "169.254.0.0/16", "192.88.99.0/24", "198.18.0.0/15", "192.0.2.0/24", "198.51.100.0/24",
+    "203.0.113.0/24", "224.0.0.0/4", "0.0.0.0/8", "::1/128", "fe80::/10", "fc00::/7",
+    "2001:db8::/32", "ff00::/8", "fec0::/10")]
+
+
+def synapse_blocks(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return any(ip.version == network.version and ip in network for network in SYNAPSE_BLOCKED_RANGES)
+
+
+def hint(key: str, level: str, **fields) -> dict:
+    entry = HINTS[key]
+    return {"check": entry["check"], "level": level, "name": key,
+            "problem": entry["problem"].format(**fields), "fix": entry["fix"].format(**fields)}
+
+
+def hints_for(report: dict) -> list[dict]:
+    # The most telling first: checking the API host explains a wrong certificate and signatures too.
+    detectors = (_api_host, _dns, _port_closed, _no_delegation, _well_known_invalid, _well_known_308,
+                 _srv_cname, _certificates, _reverse_proxy, _keys_expired, _private_addresses, _client,
+                 _join_401)
+    found = [h for detector in detectors for h in detector(report)]
+    return sorted(found, key=lambda h: [ERROR, WARNING, INFO].index(h["level"]))
+
+
+def _dns(report):
+    if report["Error"] and not report["DNSResult"]["Addrs"]:
+        name = report["WellKnownResult"]["m.server"] or report["ServerName"]
+        yield hint("dns", ERROR, problem=report["Error"], name=name, server_name=report["ServerName"])
+
+
+def _port_closed(report):
+    for addr, error in report["ConnectionErrors"].items():
+        if error.get("Kind") in ("refused", "timeout"):
+            yield hint("port-closed", ERROR, addr=addr, message=error["Message"], port=split_host_port(addr)[1])
+
+
+def _no_delegation(report):
+    well_known, dns_result = report["WellKnownResult"], report["DNSResult"]
+    # Only when server_name:8448 could not be reached: a wrong answer there has other hints.
+    if (not report["FederationOK"] and well_known.get("Problem") == "missing"
+            and not dns_result["SRVRecords"] and report["ConnectionErrors"]):
+        yield hint("no-delegation", ERROR, server_name=report["ServerName"], result=well_known["result"])
+
+
+def _well_known_invalid(report):
+    well_known = report["WellKnownResult"]
+    if well_known.get("Problem") == "invalid":
+        yield hint("well-known-invalid", ERROR, server_name=report["ServerName"], result=well_known["result"])
+
+
+def _well_known_308(report):
+    for redirect in report["WellKnownResult"].get("Redirects", []):
+        if redirect["Status"] == 308:
+            yield hint("well-known-308", WARNING, source=redirect["From"], destination=redirect["To"])
+
+
+def _srv_cname(report):
+    for entry in report["DNSResult"]["Hosts"].values():
+        if entry["CName"] and entry["Error"]:
+            yield hint("srv-cname", ERROR, message=entry["Error"]["Message"])
+
+
+def _certificates(report):
+    for addr, connection in report["ConnectionReports"].items():
+        if not connection["Checks"]["ValidCertificates"]:
+            leaf = connection["Certificates"][0] if connection["Certificates"] else {}
+            message = next((e["Message"] for e in connection["Errors"] if "certificate" in e["Message"]),
+                           "certificate not valid")
+            yield hint("certificate", ERROR, addr=addr, message=message, tls_name=connection["TLSName"],
+                       names=", ".join(leaf.get("DNSNames", [])) or "no names")
+
+
+def _api_host(report):
+    for addr, connection in report["ConnectionReports"].items():
+        actual = (connection["Keys"] or {}).get("server_name")
+        if actual and actual != report["ServerName"]:
+            yield hint("api-host", ERROR, server_name=report["ServerName"], addr=addr, actual=actual)
+
+
+def _reverse_proxy(report):
+    """Answers that a proxy in the way would explain: a 404 or non-JSON key path, bad signatures."""
+    for addr, connection in report["ConnectionReports"].items():
+        checks = connection["Checks"]
+        messages = [e["Message"] for e in connection["Errors"] if "certificate" not in e["Message"]]
+        if connection["Keys"] is not None and checks["MatchingServerName"]:
+            if not checks["HasEd25519Key"]:
+                messages.append("the key document has no ed25519 key")
+            elif not checks["AllEd25519ChecksOK"]:
+                messages.append("a key signature does not verify: the key document was altered on the way")
+        if messages:
+            yield hint("reverse-proxy", ERROR, addr=addr, message="; ".join(messages))
+
+
+def _keys_expired(report):
+    for addr, connection in report["ConnectionReports"].items():
+        if connection["Keys"] is not None and not connection["Checks"]["FutureValidUntilTS"]:
+            yield hint("keys-expired", ERROR, addr=addr)
+
+
+def _private_addresses(report):
+    for addr in report["DNSResult"]["Addrs"]:
+        if synapse_blocks(split_host_port(addr)[0]):
+            yield hint("private-address", WARNING, addr=addr)
+
+
+def _client(report):
+    client = report.get("Client")
+    if client and not client["OK"]:
+        message = client["WellKnown"].get("error") or client["Versions"].get("error")
+        yield hint("client", WARNING, message=f"client discovery: {message}",
+                   host=split_host_port(report["ServerName"])[0])
+
+
+def _join_401(report):
+    if not report["FederationOK"]:
+        yield hint("join-401", INFO)
