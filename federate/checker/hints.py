@@ -24,6 +24,12 @@ HINTS = {
                "hosting provider) and make the reverse proxy listen on it; or, if that port cannot be "
                "opened, delegate federation to port 443 with /.well-known/matrix/server.",
     },
+    "tls-handshake": {
+        "check": "TLS",
+        "problem": "{addr}: something answers, but not with TLS: {message}",
+        "fix": "Make port {port} speak TLS with a certificate (nginx: `listen {port} ssl;` in the server "
+               "block that proxies /_matrix/ to Synapse); federation is always HTTPS.",
+    },
     "no-delegation": {
         "check": "well-known",
         "problem": "{server_name} has no /.well-known/matrix/server ({result}) and no SRV record, so other "
@@ -123,7 +129,7 @@ def hint(key: str, level: str, **fields) -> dict:
 
 def hints_for(report: dict) -> list[dict]:
     # The most telling first: checking the API host explains a wrong certificate and signatures too.
-    detectors = (_api_host, _dns, _port_closed, _no_delegation, _well_known_invalid, _well_known_308,
+    detectors = (_api_host, _dns, _port_closed, _tls_handshake, _no_delegation, _well_known_invalid, _well_known_308,
                  _srv_cname, _certificates, _reverse_proxy, _keys_expired, _private_addresses, _client,
                  _join_401)
     found = [h for detector in detectors for h in detector(report)]
@@ -131,7 +137,8 @@ def hints_for(report: dict) -> list[dict]:
 
 
 def _dns(report):
-    if report["Error"] and not report["DNSResult"]["Addrs"]:
+    # Only after DNS was asked: an invalid server name or an IP literal is not a DNS problem.
+    if report["Error"] and not report["DNSResult"]["Addrs"] and report["DNSResult"]["Hosts"]:
         name = report["WellKnownResult"]["m.server"] or report["ServerName"]
         yield hint("dns", ERROR, problem=report["Error"], name=name, server_name=report["ServerName"])
 
@@ -140,6 +147,12 @@ def _port_closed(report):
     for addr, error in report["ConnectionErrors"].items():
         if error.get("Kind") in ("refused", "timeout"):
             yield hint("port-closed", ERROR, addr=addr, message=error["Message"], port=split_host_port(addr)[1])
+
+
+def _tls_handshake(report):
+    for addr, error in report["ConnectionErrors"].items():
+        if error.get("Kind") == "tls":
+            yield hint("tls-handshake", ERROR, addr=addr, message=error["Message"], port=split_host_port(addr)[1])
 
 
 def _no_delegation(report):

@@ -10,6 +10,7 @@ delegation (then the delegated name goes through IP literal / port / SRV / 8448)
 from __future__ import annotations
 
 import email.utils
+import functools
 import ipaddress
 import json
 import re
@@ -60,8 +61,12 @@ class Lookup:
     ca_file: str | None = None
     timeout: float = 10.0
 
-    def resolver(self) -> dns.resolver.Resolver:
+    @functools.cached_property
+    def _resolver(self) -> dns.resolver.Resolver:
         return resolver(self.dns_server)
+
+    def resolver(self) -> dns.resolver.Resolver:
+        return self._resolver
 
 
 def is_ip_literal(host: str) -> bool:
@@ -238,6 +243,8 @@ def _get_following_redirects(url: str, lookup: Lookup, redirects: list):
             raise WellKnownError(f"HTTP {reply.status} redirect without a Location header")
         next_url = urljoin(url, location)
         redirects.append({"Status": reply.status, "From": url, "To": next_url})
+        if urlsplit(next_url).scheme != "https":
+            raise WellKnownError(f"redirect to a non-https URL: {next_url}")
         if next_url in seen:
             raise WellKnownError(f"redirect loop: {next_url} was already visited")
         seen.add(next_url)

@@ -179,16 +179,20 @@ class HTTPSServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: str, port: int, cert: tuple[Path, Path], routes: dict[str, Route]):
+    def __init__(self, address: str, port: int, cert: tuple[Path, Path] | None, routes: dict[str, Route]):
         super().__init__((address, port), _Handler)
         self.routes, self.requests = routes, []
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(*cert)
+        self.context = None  # plain HTTP: the mistake of a proxy without TLS on the federation port
+        if cert:
+            self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.context.load_cert_chain(*cert)
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def get_request(self):
         # The TLS handshake happens in the handler thread, so one bad client cannot stall the server.
         sock, peer = self.socket.accept()
+        if not self.context:
+            return sock, peer
         return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), peer
 
     def handle_error(self, request, client_address):
@@ -256,9 +260,17 @@ class World(contextlib.ExitStack):
         self.add_record(name, "A", address)
         return address
 
-    def serve(self, address: str, port: int, routes: dict[str, Route], cert_names=None, ca: TestCA | None = None):
-        cert = (ca or self.ca).issue(*(cert_names or [address]))
+    def serve(self, address: str, port: int, routes: dict[str, Route], cert_names=None, ca: TestCA | None = None,
+              tls: bool = True):
+        cert = (ca or self.ca).issue(*(cert_names or [address])) if tls else None
         return self.enter_context(HTTPSServer(address, port, cert, routes))
+
+    def silent_listener(self, address: str, port: int) -> socket.socket:
+        """Accepts TCP connections (in the kernel's backlog) and never answers: a timeout."""
+        listener = self.enter_context(socket.socket())
+        listener.bind((address, port))
+        listener.listen(8)
+        return listener
 
     def __enter__(self):
         super().__enter__()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import time
 
 import pytest
@@ -397,3 +398,47 @@ def test_synapse_blocked_ranges():
 
 def test_hint_table_has_the_general_401_advice():
     assert "401" in HINTS["join-401"]["problem"]
+
+
+def test_federation_port_without_tls(world):
+    address = world.host("example.test")
+    world.serve(address, 8448, homeserver_routes("example.test"), tls=False)
+    report = check(world, "example.test")
+    assert report["ConnectionErrors"][f"{address}:8448"]["Kind"] == "tls"
+    assert "tls-handshake" in hint_names(report) and "port-closed" not in hint_names(report)
+
+
+def test_silent_port_is_a_timeout(world):
+    address = world.host("example.test")
+    world.silent_listener(address, 8448)
+    report = check_server("example.test", dns_server=world.dns.address, ca_file=str(world.ca.ca_file),
+                          timeout=0.5)
+    assert report["ConnectionErrors"][f"{address}:8448"]["Kind"] == "timeout"
+    assert "timed out" in next(h for h in report["Hints"] if h["name"] == "port-closed")["problem"]
+
+
+def test_invalid_server_name_is_reported_not_raised(world):
+    report = check(world, "not a name")
+    assert not report["FederationOK"] and report["Error"].startswith("not a valid host name")
+    assert "dns" not in hint_names(report)
+
+
+def test_redirect_to_plain_http_is_refused(world):
+    served_at_8448_too(world, {WELL_KNOWN: redirect(301, "http://example.test/.well-known/matrix/server")})
+    report = check(world, "example.test")
+    assert report["WellKnownResult"]["Problem"] == "invalid"
+    assert "non-https" in report["WellKnownResult"]["result"]
+
+
+def test_world_stops_its_servers(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("binds port 8448 on a loopback address (needs root)")
+    with pytest.raises(RuntimeError), World(tmp_path) as world:
+        address = world.address()
+        world.serve(address, 8448, homeserver_routes("example.test"))
+        dns_port = int(world.dns.address.split(":")[1])
+        raise RuntimeError("a failing test")
+    with socket.socket() as probe:  # the port is free again: nothing listens there
+        probe.bind((address, 8448))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", dns_port))
