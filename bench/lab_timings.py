@@ -1,0 +1,66 @@
+"""Benchmark on a throwaway lab: lab up, cold deploy, no-op re-run, federation latency.
+
+    .venv/bin/python bench/lab_timings.py [--messages 20]
+
+Prints figures; asserts nothing about speed. The lab is removed at the end, even on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+
+from federate import prove
+from federate.clients import room_across_servers
+from federate.lab import Lab
+from federate.lab.runner import REPO_ROOT, json_totals, run_deploy
+
+TOPOLOGY = {"hosts": {
+    "hs1": {"homeservers": [{"server_name": "alpha.test", "public_host": "matrix.alpha.test",
+                             "users": [{"localpart": "alice"}]}]},
+    "hs2": {"homeservers": [{"server_name": "beta.test", "users": [{"localpart": "bob"}]}]},
+}}
+
+
+def timed(label: str, func):
+    start = time.monotonic()
+    value = func()
+    print(f"{label:<28} {time.monotonic() - start:7.1f} s", flush=True)
+    return value
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--messages", type=int, default=20, help="messages each way")
+    args = parser.parse_args()
+    lab = Lab(f"bench{os.getpid() % 10000}", root=REPO_ROOT, log=lambda _: None)
+    try:
+        info = timed("lab up (2 hosts)", lambda: lab.up(TOPOLOGY))
+        cold = timed("cold deploy", lambda: run_deploy(info["inventory"]))
+        if cold.returncode != 0:
+            print(cold.stdout[-3000:], cold.stderr[-2000:])
+            return 1
+        noop = timed("no-op deploy", lambda: run_deploy(info["inventory"], "--json"))
+        print(f"{'no-op changed operations':<28} {json_totals(noop)['success']:7d}")
+        settings = prove.load_settings(info["inventory"])
+        accounts = prove.accounts(settings)
+        result = asyncio.run(room_across_servers(accounts["alpha.test"], accounts["beta.test"], info["dns"],
+                                                 info["ca_file"], messages=args.messages))
+        ms = [value * 1000 for value in result.latencies]
+        print(f"{'federation send->seen':<28} n={len(ms)} p50={statistics.median(ms):.0f} ms "
+              f"p95={percentile(ms, 0.95):.0f} ms max={max(ms):.0f} ms")
+        return 0
+    finally:
+        timed("lab down", lab.down)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
