@@ -62,11 +62,8 @@ class Lookup:
     timeout: float = 10.0
 
     @functools.cached_property
-    def _resolver(self) -> dns.resolver.Resolver:
-        return resolver(self.dns_server)
-
     def resolver(self) -> dns.resolver.Resolver:
-        return self._resolver
+        return resolver(self.dns_server)
 
 
 def is_ip_literal(host: str) -> bool:
@@ -84,8 +81,8 @@ def parse_server_name(value: str) -> tuple[str, int | None]:
     host, port = split_host_port(value)
     if port is not None and not 0 < port < 65536:
         raise ValueError(f"port out of range in {value!r}")
-    if value.startswith("[") and not is_ip_literal(host):
-        raise ValueError(f"not an IPv6 literal in {value!r}")
+    if value.startswith("[") != (":" in host) or (value.startswith("[") and not is_ip_literal(host)):
+        raise ValueError(f"an IPv6 literal must be in brackets: {value!r}")
     if not is_ip_literal(host) and not _HOSTNAME.match(host):
         raise ValueError(f"not a valid host name: {host!r}")
     return host, port
@@ -162,7 +159,7 @@ def srv_records(host: str, dns_result: dict, lookup: Lookup) -> list[dict] | Non
     errors = []
     for service in ("_matrix-fed._tcp", "_matrix._tcp"):
         try:
-            answer = lookup.resolver().resolve(f"{service}.{host}", "SRV")
+            answer = lookup.resolver.resolve(f"{service}.{host}", "SRV")
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             errors.append(f"no SRV record {service}.{host}")
             continue
@@ -187,7 +184,7 @@ def host_addresses(host: str, dns_result: dict, lookup: Lookup, refuse_cname: bo
     problems = []
     for rdtype in ("A", "AAAA"):
         try:
-            answer = lookup.resolver().resolve(host, rdtype, raise_on_no_answer=False)
+            answer = lookup.resolver.resolve(host, rdtype, raise_on_no_answer=False)
         except dns.exception.DNSException as error:
             problems.append(f"{rdtype} lookup of {host} failed: {error}")
             continue

@@ -180,6 +180,7 @@ class HTTPSServer(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address: str, port: int, cert: tuple[Path, Path] | None, routes: dict[str, Route]):
+        self.address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
         super().__init__((address, port), _Handler)
         self.routes, self.requests = routes, []
         self.context = None  # plain HTTP: the mistake of a proxy without TLS on the federation port
@@ -278,6 +279,6 @@ class World(contextlib.ExitStack):
         return self
 
     def free_port(self, address: str) -> int:
-        with socket.socket() as probe:
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
             probe.bind((address, 0))
             return probe.getsockname()[1]

@@ -385,7 +385,7 @@ def test_parse_server_name(name, expected):
     assert parse_server_name(name) == expected
 
 
-@pytest.mark.parametrize("name", ["", "exa mple.org", "example.org:0", "example.org:99999", "[nothost]:1", 5])
+@pytest.mark.parametrize("name", ["", "exa mple.org", "example.org:0", "example.org:99999", "[nothost]:1", "::1", 5])
 def test_parse_server_name_refuses(name):
     with pytest.raises(ValueError):
         parse_server_name(name)
@@ -442,3 +442,14 @@ def test_world_stops_its_servers(tmp_path):
         probe.bind((address, 8448))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", dns_port))
+
+
+def test_ipv6_literal(world):
+    try:
+        port = world.free_port("::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    world.serve("::1", port, homeserver_routes(f"[::1]:{port}"), ["::1"])
+    report = check(world, f"[::1]:{port}")
+    assert report["FederationOK"], format_report(report)
+    assert list(report["ConnectionReports"]) == [f"[::1]:{port}"]
