@@ -8,6 +8,7 @@ and `Hints` (the likely fix for each problem: federate.checker.hints).
 
 from __future__ import annotations
 
+import datetime
 import json
 import socket
 import ssl
@@ -136,7 +137,7 @@ def connection_lines(addr: str, connection: dict, server_name: str) -> list[tupl
         lines += [
             (_status(checks["MatchingServerName"]), f"{addr} keys: server_name {keys.get('server_name')!r} "
                                                     f"(asked {server_name!r})"),
-            (_status(checks["FutureValidUntilTS"]), f"{addr} keys: valid_until_ts {keys.get('valid_until_ts')}"),
+            (_status(checks["FutureValidUntilTS"]), f"{addr} keys: valid until {_utc(keys.get('valid_until_ts'))}"),
             (_status(checks["HasEd25519Key"]), f"{addr} keys: {len(checks['Ed25519Checks'])} ed25519 key(s)"),
         ]
         lines += [(_status(all(result.values())), f"{addr} keys: {key_id} "
@@ -146,6 +147,12 @@ def connection_lines(addr: str, connection: dict, server_name: str) -> list[tupl
     lines.append(("FAIL", f"{addr} version: {version['error']}") if "error" in version else
                  ("PASS", f"{addr} version: {version['name']} {version['version']}"))
     return lines
+
+
+def _utc(milliseconds) -> str:
+    if not isinstance(milliseconds, int):
+        return repr(milliseconds)
+    return datetime.datetime.fromtimestamp(milliseconds / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def client_lines(client: dict) -> list[tuple[str, str]]:

@@ -34,7 +34,7 @@ class Connector:
                 raise
             self.verify = False
             self.certificate_error = (f"certificate is not valid for {self.target.tls_name}: "
-                                      f"{error.verify_message or error}")
+                                      f"{(error.verify_message or str(error)).rstrip('.')}")
             return self._get(path)
 
     def _get(self, path: str) -> Response:
