@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from federate.check import add_check_parser
 from federate.prove import add_prove_parser
 
 
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_lab_parser(subparsers)
     add_prove_parser(subparsers)
+    add_check_parser(subparsers)
     return parser
 
 

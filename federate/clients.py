@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
-from nio import AsyncClient, JoinError, LoginResponse, RoomMessageText, RoomSendResponse
+from nio import (AsyncClient, JoinError, LoginResponse, RoomCreateResponse, RoomMessageText, RoomPreset,
+                 RoomSendResponse)
 
 from federate.probe import resolve_address
 
@@ -122,3 +123,26 @@ async def room_across_servers(a: Account, b: Account, dns_server: str, ca_file: 
         await first.close()
         await second.close()
 
+
+
+async def attempts_from_outside(outsider: Account, insider: Account, dns_server: str, ca_file: str) -> dict:
+    """What `outsider`'s server gets when it reaches for `insider`'s server: an invite, a profile
+    lookup and a join of a public room. Returns nio responses (errors when refused)."""
+    outside = await login(outsider, dns_server, ca_file)
+    inside = await login(insider, dns_server, ca_file)
+    try:
+        room = await outside.room_create(name="federate probe: outside")
+        if not isinstance(room, RoomCreateResponse):
+            raise RuntimeError(f"{outsider.user_id} could not create a room: {room}")
+        alias = f"probe{uuid.uuid4().hex[:8]}"
+        public = await inside.room_create(alias=alias, preset=RoomPreset.public_chat, name="federate probe: public")
+        if not isinstance(public, RoomCreateResponse):
+            raise RuntimeError(f"{insider.user_id} could not create a public room: {public}")
+        return {
+            "invite": await outside.room_invite(room.room_id, insider.user_id),
+            "profile lookup": await outside.get_profile(insider.user_id),
+            "join": await outside.join(f"#{alias}:{insider.server_name}"),
+        }
+    finally:
+        await outside.close()
+        await inside.close()

@@ -14,7 +14,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from federate.clients import Account, room_across_servers
+from nio import ErrorResponse
+
+from federate.clients import Account, attempts_from_outside, room_across_servers
 from federate.probe import https_get, verify_server_keys
 from federate.settings import Homeserver, HostSettings, inventory_settings
 from federate.synapse import controller_password
@@ -131,21 +133,53 @@ def external_pair(all_settings: dict[str, HostSettings]):
     return None
 
 
-def federation_room_check(all_settings, dns: str, ca_file: str, messages: int = 1) -> tuple[Check, list[float]]:
+def federation_room_check(all_settings, dns: str, ca_file: str, messages: int = 1) -> Check:
     pair = external_pair(all_settings)
     if pair is None:
-        return Check("room across hosts", False, "no two external homeservers with users on different hosts"), []
+        return Check("room across hosts", False, "no two external homeservers with users on different hosts")
     (s1, hs1), (s2, hs2) = pair
     a, b = account(s1, hs1), account(s2, hs2)
-    latencies: list[float] = []
 
-    def run():
-        result = asyncio.run(room_across_servers(a, b, dns, ca_file, messages=messages))
-        latencies.extend(result.latencies)
-        return (f"{a.user_id} and {b.user_id} joined {result.room_id}; {len(result.latencies)} messages, "
-                f"median {statistics.median(result.latencies) * 1000:.0f} ms send->seen")
+    return _check(f"room across hosts ({hs1.server_name} <-> {hs2.server_name})",
+                  lambda: _room_detail(a, b, dns, ca_file, messages))
 
-    return _check(f"room across hosts ({hs1.server_name} <-> {hs2.server_name})", run), latencies
+
+def internal_policy_checks(all_settings, dns: str, ca_file: str) -> list[Check]:
+    """An internal server talks to its whitelisted partners and refuses everyone else."""
+    users = accounts(all_settings)
+    checks = []
+    for hs in (hs for s in all_settings.values() for hs in s.homeservers if hs.profile == "internal"):
+        if hs.server_name not in users:
+            continue
+        insider = users[hs.server_name]
+        for partner in (name for name in hs.federation_whitelist or () if name in users):
+            checks.append(_check(f"{hs.server_name}: room with whitelisted {partner}",
+                                 lambda p=users[partner]: _room_detail(insider, p, dns, ca_file)))
+        outsiders = [name for name in users
+                     if name not in (hs.federation_whitelist or ()) and name != hs.server_name
+                     and _host_of(all_settings, name) != _host_of(all_settings, hs.server_name)]
+        for outsider in outsiders[:1]:
+            try:
+                attempts = asyncio.run(attempts_from_outside(users[outsider], insider, dns, ca_file))
+            except Exception as error:
+                checks.append(Check(f"{hs.server_name}: refuses {outsider}", False, f"{type(error).__name__}: {error}"))
+                continue
+            for what, reply in attempts.items():
+                # nio sometimes files the remote server's answer under status_code: read both
+                reason = f"{reply.message or ''} {reply.status_code or ''}" if isinstance(reply, ErrorResponse) else ""
+                checks.append(Check(f"{hs.server_name}: {what} from {outsider} refused",
+                                    "Federation denied" in reason, reason.strip() or "it was allowed"))
+    return checks
+
+
+def _room_detail(a: Account, b: Account, dns: str, ca_file: str, messages: int = 1) -> str:
+    result = asyncio.run(room_across_servers(a, b, dns, ca_file, messages=messages))
+    return (f"{a.user_id} and {b.user_id} joined {result.room_id}; {len(result.latencies)} messages, "
+            f"median {statistics.median(result.latencies) * 1000:.0f} ms send->seen")
+
+
+def _host_of(all_settings, server_name: str) -> str | None:
+    return next((s.host for s in all_settings.values() for hs in s.homeservers if hs.server_name == server_name), None)
 
 
 def prove(lab: dict, messages: int = 1) -> list[Check]:
@@ -156,8 +190,8 @@ def prove(lab: dict, messages: int = 1) -> list[Check]:
         for hs in settings.homeservers:
             if hs.profile == "external":
                 checks += well_known_checks(hs, dns, ca_file) + federation_checks(hs, dns, ca_file)
-    room, _ = federation_room_check(all_settings, dns, ca_file, messages)
-    return checks + [room]
+    room = federation_room_check(all_settings, dns, ca_file, messages)
+    return checks + [room] + internal_policy_checks(all_settings, dns, ca_file)
 
 
 def add_prove_parser(subparsers):

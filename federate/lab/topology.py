@@ -16,11 +16,13 @@ from .services import ACME_NAME, ACME_PORT
 DEFAULT_TOPOLOGY = {
     "hosts": {
         "hs1": {"homeservers": [
-            {"server_name": "alpha.test", "public_host": "matrix.alpha.test", "profile": "external"},
+            {"server_name": "alpha.test", "public_host": "matrix.alpha.test", "profile": "external",
+             "users": [{"localpart": "alice", "admin": True}]},
             {"server_name": "internal.alpha.test", "profile": "internal",
-             "federation_whitelist": ["alpha.test"]},
+             "federation_whitelist": ["alpha.test"], "users": [{"localpart": "carol"}]},
         ]},
-        "hs2": {"homeservers": [{"server_name": "beta.test", "profile": "external"}]},
+        "hs2": {"homeservers": [{"server_name": "beta.test", "profile": "external",
+                                 "users": [{"localpart": "bob"}]}]},
     },
 }
 

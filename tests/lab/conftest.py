@@ -4,6 +4,7 @@ even when tests fail. Everything is observed from outside: TLS, HTTP, ports, SSH
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 
@@ -11,21 +12,6 @@ import pytest
 
 from federate.lab import Lab
 from federate.lab.runner import REPO_ROOT, run_deploy
-
-TOPOLOGY = {
-    "hosts": {
-        "hs1": {"homeservers": [
-            {"server_name": "alpha.test", "public_host": "matrix.alpha.test",
-             "users": [{"localpart": "alice", "admin": True}]},
-            {"server_name": "internal.alpha.test", "profile": "internal",
-             "federation_whitelist": ["alpha.test"], "users": [{"localpart": "carol"}]},
-        ]},
-        "hs2": {"homeservers": [
-            {"server_name": "beta.test", "users": [{"localpart": "bob"}]},
-        ]},
-    },
-}
-
 
 class LabSession:
     def __init__(self, lab: Lab, info: dict):
@@ -50,12 +36,18 @@ class LabSession:
         return result
 
 
+def _exit_on_sigterm(signum, frame):
+    # A CI time-out sends SIGTERM: turn it into an exception so the lab is still torn down.
+    raise SystemExit(f"terminated by signal {signum}")
+
+
 @pytest.fixture(scope="session")
 def lab():
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     lab = Lab(f"t{os.getpid() % 100000}", root=REPO_ROOT)
     try:
         start = time.monotonic()
-        info = lab.up(TOPOLOGY)
+        info = lab.up(None)  # the demo topology: 2 hosts, 3 homeservers, users
         session = LabSession(lab, info)
         session.timings["lab_up"] = time.monotonic() - start
         yield session
