@@ -17,8 +17,7 @@ import pytest
 from federate.check import add_check_parser, check_command, check_server, format_report
 from federate.checker.hints import HINTS, synapse_blocks
 from federate.checker.resolution import cache_lifetime, parse_server_name
-from checkserver import (Route, SigningKey, TestCA, World, homeserver_routes, json_route,
-                                    redirect, server_well_known)
+from checkserver import Route, TestCA, World, homeserver_routes, json_route, redirect, server_well_known
 
 WELL_KNOWN = "/.well-known/matrix/server"
 
