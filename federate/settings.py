@@ -62,13 +62,14 @@ MANAGED_SYNAPSE_KEYS = frozenset({
 
 HOST_KEYS = frozenset({
     "homeservers", "synapse_version", "proxy", "firewall", "database", "tls",
-    "ip_range_whitelist", "trusted_key_servers", "max_upload_size", "secrets_dir",
+    "ip_range_whitelist", "trusted_key_servers", "max_upload_size", "secrets_dir", "verify",
 })
 HOMESERVER_KEYS = frozenset({
     "server_name", "profile", "port", "public_host", "federation_whitelist", "users",
     "synapse_extra", *VISIBILITY_DEFAULTS["external"],
 })
 TLS_KEYS = frozenset({"mode", "acme_directory", "email", "certificates"})
+VERIFY_KEYS = frozenset({"after_deploy", "dns_server", "ca_file", "timeout"})
 USER_KEYS = frozenset({"localpart", "admin"})
 # Host data that belongs to pyinfra and its connectors, not to us.
 FOREIGN_KEY_PREFIXES = ("_", "ssh_", "winrm_", "docker_", "podman_", "chroot_", "local_",
@@ -129,6 +130,15 @@ class Tls:
 
 
 @dataclass(frozen=True)
+class Verify:
+    """The federation check run from the controller at the end of each deploy."""
+    after_deploy: bool
+    dns_server: str | None  # None: the controller's resolver
+    ca_file: str | None     # None: the controller's trusted CAs
+    timeout: float
+
+
+@dataclass(frozen=True)
 class HostSettings:
     host: str
     homeservers: tuple[Homeserver, ...]
@@ -142,6 +152,7 @@ class HostSettings:
     max_upload_size: str
     ssh_port: int
     secrets_dir: str  # on the controller: generated user passwords, mode 0600
+    verify: Verify
 
 
 # ---------------------------------------------------------------- small checkers
@@ -307,6 +318,25 @@ def _tls(host: str, raw: Any, server_names: list[str]) -> Tls:
     return Tls(mode, directory, email, certificates)
 
 
+def _verify(host: str, raw: Any) -> Verify:
+    _expect(host, "verify", raw, dict, "a mapping such as {'after_deploy': true}")
+    _reject_unknown(host, "verify", raw, VERIFY_KEYS)
+    dns_server = raw.get("dns_server")
+    if dns_server is not None:
+        try:
+            ipaddress.ip_address(str(dns_server).rsplit(":", 1)[0] if str(dns_server).count(":") == 1
+                                 else str(dns_server))
+        except ValueError:
+            _fail(host, "verify.dns_server", f"must be an IP address (optionally :port), got {dns_server!r}")
+    ca_file = raw.get("ca_file")
+    if ca_file is not None:
+        _expect(host, "verify.ca_file", ca_file, str, "a path to a PEM file on the controller")
+    timeout = raw.get("timeout", 10)
+    _expect(host, "verify.timeout", timeout, (int, float), "a number of seconds")
+    return Verify(_expect(host, "verify.after_deploy", raw.get("after_deploy", True), bool, "true or false"),
+                  dns_server, ca_file, float(timeout))
+
+
 def _cidrs(host: str, path: str, value: Any) -> tuple[str, ...]:
     _expect(host, path, value, list, "a list of CIDR ranges")
     for i, cidr in enumerate(value):
@@ -363,6 +393,7 @@ def host_settings(host: str, data: Mapping[str, Any]) -> HostSettings:
         max_upload_size=size,
         ssh_port=ssh_port,
         secrets_dir=_expect(host, "secrets_dir", data.get("secrets_dir", ".secrets"), str, "a path"),
+        verify=_verify(host, data.get("verify", {})),
     )
 
 

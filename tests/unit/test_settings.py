@@ -152,3 +152,12 @@ def test_ip_ranges():
 
 def test_no_homeservers():
     refused(data(homeservers=[]), "homeservers")
+
+
+def test_verify_setting():
+    v = host_settings("h1", data()).verify
+    assert (v.after_deploy, v.dns_server, v.ca_file) == (True, None, None)
+    v = host_settings("h1", data(verify={"after_deploy": False, "dns_server": "10.0.0.1", "ca_file": "/ca.pem"})).verify
+    assert (v.after_deploy, v.dns_server, v.ca_file) == (False, "10.0.0.1", "/ca.pem")
+    refused(data(verify={"dns_server": "dns.example"}), "verify.dns_server")
+    refused(data(verify={"after_deply": True}), "verify.after_deply")
