@@ -11,11 +11,12 @@ import socket
 import ssl
 import time
 import uuid
+from urllib.parse import quote
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
-from nio import (AsyncClient, JoinError, LoginResponse, RoomCreateResponse, RoomMessageText, RoomPreset,
+from nio import (AsyncClient, JoinError, JoinResponse, LoginResponse, RoomCreateResponse, RoomMessageText, RoomPreset,
                  RoomSendResponse)
 
 from federate.probe import resolve_address
@@ -46,15 +47,24 @@ class Account:
         return f"@{self.localpart}:{self.server_name}"
 
 
+# One login per user and process: Synapse rate-limits logins, and a device per check adds up.
+_sessions: dict[str, tuple[str, str]] = {}  # user ID -> (device ID, access token)
+
+
 async def login(account: Account, dns_server: str, ca_file: str) -> AsyncClient:
     client = AsyncClient(account.base_url, account.user_id)
     connector = aiohttp.TCPConnector(resolver=LabResolver(dns_server),
                                      ssl=ssl.create_default_context(cafile=ca_file))
     client.client_session = aiohttp.ClientSession(connector=connector)
+    if account.user_id in _sessions:
+        device_id, token = _sessions[account.user_id]
+        client.restore_login(account.user_id, device_id, token)
+        return client
     reply = await client.login(account.password, device_name="federate-probe")
     if not isinstance(reply, LoginResponse):
         await client.close()
         raise RuntimeError(f"login of {account.user_id} failed: {reply}")
+    _sessions[account.user_id] = (reply.device_id, reply.access_token)
     return client
 
 
@@ -125,6 +135,17 @@ async def room_across_servers(a: Account, b: Account, dns_server: str, ca_file: 
 
 
 
+async def join_via(client: AsyncClient, room_id: str, server_name: str) -> JoinResponse | JoinError:
+    """Join a room through a named server (room IDs no longer carry one; nio's join() has no `via`)."""
+    url = f"{client.homeserver}/_matrix/client/v3/join/{quote(room_id)}?via={quote(server_name)}"
+    async with client.client_session.post(url, json={}, headers={
+            "Authorization": f"Bearer {client.access_token}"}) as reply:
+        body = await reply.json(content_type=None)
+    if reply.status == 200 and "room_id" in body:
+        return JoinResponse(body["room_id"])
+    return JoinError(body.get("error", f"HTTP {reply.status}"), body.get("errcode"))
+
+
 async def attempts_from_outside(outsider: Account, insider: Account, dns_server: str, ca_file: str) -> dict:
     """What `outsider`'s server gets when it reaches for `insider`'s server: an invite, a profile
     lookup and a join of a public room. Returns nio responses (errors when refused)."""
@@ -134,14 +155,13 @@ async def attempts_from_outside(outsider: Account, insider: Account, dns_server:
         room = await outside.room_create(name="federate probe: outside")
         if not isinstance(room, RoomCreateResponse):
             raise RuntimeError(f"{outsider.user_id} could not create a room: {room}")
-        alias = f"probe{uuid.uuid4().hex[:8]}"
-        public = await inside.room_create(alias=alias, preset=RoomPreset.public_chat, name="federate probe: public")
+        public = await inside.room_create(preset=RoomPreset.public_chat, name="federate probe: public")
         if not isinstance(public, RoomCreateResponse):
             raise RuntimeError(f"{insider.user_id} could not create a public room: {public}")
         return {
             "invite": await outside.room_invite(room.room_id, insider.user_id),
             "profile lookup": await outside.get_profile(insider.user_id),
-            "join": await outside.join(f"#{alias}:{insider.server_name}"),
+            "join": await join_via(outside, public.room_id, insider.server_name),
         }
     finally:
         await outside.close()
