@@ -20,6 +20,5 @@ def settings_for(inventory, host) -> HostSettings:
             _cache[key] = inventory_settings((h.name, h.data.dict()) for h in inventory)
         except SettingsError as error:
             logger.error(f"federate: invalid settings: {error}")
-            sys.stderr.write(f"federate: invalid settings: {error}\n")
             sys.exit(2)
     return _cache[key][host.name]

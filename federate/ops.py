@@ -9,8 +9,11 @@ from __future__ import annotations
 import shlex
 from io import StringIO
 
+import hashlib
+
 from pyinfra import host
 from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
+from pyinfra.facts.files import File, Sha1File
 
 from federate.paths import UPLOAD_TMP
 
@@ -46,14 +49,60 @@ class HttpStatus(FactBase):
 
 
 @operation()
+def config_file(dest: str, content: str, user: str = "root", group: str = "root", mode: str = "644",
+                check: str | None = None, check_in_place: bool = False):
+    """Write a text file atomically, checked before it can go live; repair owner and mode drift.
+
+    The content goes to a temporary file beside `dest` and is renamed over it, so an interrupted
+    run leaves the old file or the new one, never half of one. `check` (with {path}) validates the
+    temporary file; with `check_in_place` it runs after the rename (for checkers such as `nginx -t`
+    that read a whole config tree) and the previous file is put back when it fails.
+    """
+    current = host.get_fact(File, path=dest)
+    wanted_sha1 = hashlib.sha1(content.encode()).hexdigest()
+    if not current or host.get_fact(Sha1File, path=dest) != wanted_sha1:
+        yield from _replace_file(dest, content, user, group, mode, check, check_in_place)
+        return
+    yield from _repair_owner_and_mode(dest, current, user, group, mode)
+
+
+def _repair_owner_and_mode(path: str, current: dict, user: str, group: str, mode: str):
+    if current["user"] != user or current["group"] != group:
+        yield StringCommand(f"chown {user}:{group} {shlex.quote(path)}")
+    if str(current["mode"]) != mode.lstrip("0"):  # pyinfra reports modes as octal digits, e.g. 600
+        yield StringCommand(f"chmod {mode} {shlex.quote(path)}")
+
+
+def _replace_file(dest, content, user, group, mode, check, check_in_place):
+    tmp, old = shlex.quote(f"{dest}.federate-new"), shlex.quote(f"{dest}.federate-old")
+    quoted = shlex.quote(dest)
+    yield StringCommand(f"install -d -m 755 {shlex.quote(dest.rsplit('/', 1)[0] or '/')}")
+    yield StringCommand(f"rm -f {tmp} && (umask 077 && touch {tmp})")
+    yield FileUploadCommand(StringIO(content), f"{dest}.federate-new")
+    yield StringCommand(f"chown {user}:{group} {tmp} && chmod {mode} {tmp}")
+    if check and not check_in_place:
+        yield StringCommand(f"{check.format(path=tmp)} || {{ rm -f {tmp}; exit 1; }}")
+    if check and check_in_place:
+        yield StringCommand(
+            f"{{ [ ! -e {quoted} ] || cp -a {quoted} {old}; }} && mv -f {tmp} {quoted} && "
+            f"{{ {check.format(path=quoted)} || {{ if [ -e {old} ]; then mv -f {old} {quoted}; "
+            f"else rm -f {quoted}; fi; exit 1; }}; }} && rm -f {old}")
+        return
+    yield StringCommand(f"mv -f {tmp} {quoted}")
+
+
+@operation()
 def generated_once(path: str, command: str, user: str, mode: str = "600"):
     """Create `path` by running `command` (which writes to $OUT) unless it already exists.
 
-    Used for signing keys and secrets: never overwritten once made. The file is written to a
-    temporary name, given its owner and mode, then renamed, so a half-written key never exists.
+    Used for signing keys and secrets: never overwritten once made (owner and mode are repaired).
+    The file is written to a temporary name, given its owner and mode, then renamed, so a
+    half-written key never exists.
     """
-    if host.get_fact(PathExists, path=path):
-        host.noop(f"{path} exists and is kept")
+    current = host.get_fact(File, path=path)
+    if current:
+        # Kept as it is; only owner and mode are repaired.
+        yield from _repair_owner_and_mode(path, current, user, user, mode)
         return
     tmp = f"{path}.new"
     yield StringCommand(
@@ -84,3 +133,51 @@ def matrix_user(venv: str, config_paths: list[str], local_url: str, user_id: str
         f" --password-file {secret_file} {'--admin' if admin else '--no-admin'} {local_url};"
         f" status=$?; rm -f {secret_file}; exit $status"
     )
+
+
+class VenvState(FactBase):
+    """'ok', 'broken' (interpreter or pip unusable: an interrupted creation), 'inconsistent'
+    (pip check fails or Synapse does not import: a package missing) or 'absent'."""
+
+    def command(self, venv: str) -> str:
+        v = shlex.quote(venv)
+        return (f"if [ ! -e {v} ]; then echo absent; "
+                f"elif ! {v}/bin/python -m pip --version >/dev/null 2>&1; then echo broken; "
+                f"elif {v}/bin/python -m pip check >/dev/null 2>&1 && "
+                f"{v}/bin/python -c 'import synapse.app.homeserver' >/dev/null 2>&1; then echo ok; "
+                f"else echo inconsistent; fi")
+
+    def process(self, output):
+        return "".join(output).strip()
+
+
+@operation()
+def venv_usable(venv: str):
+    """A venv whose interpreter or pip does not run is removed, so it is created again."""
+    if host.get_fact(VenvState, venv=venv) == "broken":
+        yield StringCommand(f"rm -rf {shlex.quote(venv)}")
+
+
+@operation()
+def venv_consistent(venv: str, requirement: str):
+    """Reinstall when a package of the venv went missing or broken (pip check, import)."""
+    if host.get_fact(VenvState, venv=venv) == "inconsistent":
+        pip = f"{shlex.quote(venv)}/bin/python -m pip"
+        yield StringCommand(f"{pip} install --force-reinstall --no-deps {shlex.quote(requirement)}"
+                            f" && {pip} install {shlex.quote(requirement)}")
+
+
+class DpkgInterrupted(FactBase):
+    """True when an earlier dpkg run was cut off (it then refuses to install anything)."""
+
+    def command(self) -> str:
+        return "[ -n \"$(ls -A /var/lib/dpkg/updates 2>/dev/null)\" ] && echo yes || echo no"
+
+    def process(self, output):
+        return "".join(output).strip() == "yes"
+
+
+@operation()
+def dpkg_consistent():
+    if host.get_fact(DpkgInterrupted):
+        yield StringCommand("DEBIAN_FRONTEND=noninteractive dpkg --configure -a")

@@ -10,12 +10,15 @@ from pyinfra.operations.util import any_changed
 
 from federate import paths, wellknown
 from federate.settings import Homeserver, HostSettings
-from federate.templates import template_path
+from federate.ops import config_file
+from federate.templates import render
 from federate.tls import certificate_paths
 
 SITES_DIR = "/etc/nginx/conf.d"
 HTTP_SITE = f"{SITES_DIR}/federate-http.conf"
 RELOAD_COMMAND = "systemctl reload nginx"
+# nginx reads a whole tree, so a site is checked in place and rolled back when the tree fails.
+NGINX_CHECK = "nginx -t -q"
 
 
 def site_path(hs: Homeserver) -> str:
@@ -46,8 +49,8 @@ def http_site(settings: HostSettings):
     removed = files.link(name="Debian's default site off", path="/etc/nginx/sites-enabled/default",
                          present=False)
     webroot = files.directory(name="ACME webroot", path=paths.ACME_WEBROOT, mode="755")
-    site = files.template(name="Port 80 site", src=template_path("federate-http.conf.j2"),
-                          dest=HTTP_SITE, mode="644", acme_webroot=paths.ACME_WEBROOT)
+    site = config_file(name="Port 80 site", dest=HTTP_SITE, check=NGINX_CHECK, check_in_place=True,
+                       content=render("federate-http.conf.j2", acme_webroot=paths.ACME_WEBROOT))
     _reload_if(removed, webroot, site)
 
 
@@ -56,8 +59,9 @@ def homeserver_sites(settings: HostSettings, certificate_ops: list):
     wanted = {site_path(hs) for hs in settings.homeservers} | {HTTP_SITE}
     ops = list(certificate_ops)
     for hs in host.loop(settings.homeservers):
-        ops.append(files.template(name=f"{hs.server_name}: site", src=template_path("federate-homeserver.conf.j2"),
-                                  dest=site_path(hs), mode="644", **site_context(settings, hs)))
+        ops.append(config_file(name=f"{hs.server_name}: site", dest=site_path(hs), check=NGINX_CHECK,
+                               check_in_place=True,
+                               content=render("federate-homeserver.conf.j2", **site_context(settings, hs))))
     # Sites of homeservers no longer in the settings would keep answering: remove them.
     for stale in host.loop(sorted(set(host.get_fact(FindFiles, path=SITES_DIR, fname="federate-*.conf")
                                       or []) - wanted)):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,9 @@ from pyinfra.operations import apt, files, pip, server, systemd
 from pyinfra.operations.util import any_changed
 
 from federate import paths
-from federate.ops import generated_once, matrix_user
+from federate.ops import config_file, generated_once, matrix_user, venv_consistent, venv_usable
 from federate.settings import Homeserver, HostSettings
-from federate.templates import template_path
+from federate.templates import render
 
 SECRET_KEYS = ("registration_shared_secret", "macaroon_secret_key", "form_secret")
 
@@ -102,17 +101,21 @@ def install_synapse(settings: HostSettings):
     apt.packages(name="Python venv support", packages=["python3-venv"])
     server.user(name="Service user", user=paths.SYNAPSE_USER, system=True,
                 home=paths.DATA_ROOT, shell="/usr/sbin/nologin")
+    requirement = f"matrix-synapse=={settings.synapse_version}"
+    removed = venv_usable(name="Remove a venv an interrupted run left unusable", venv=paths.VENV)
     venv = pip.packages(
         name=f"matrix-synapse {settings.synapse_version} in {paths.VENV}",
-        packages=[f"matrix-synapse=={settings.synapse_version}"],
+        packages=[requirement],
         virtualenv=paths.VENV,
         virtualenv_kwargs={"venv": True, "python": "python3"},
     )
-    unit = files.template(name="Templated systemd unit", src=template_path("matrix-synapse@.service.j2"),
-                          dest=paths.UNIT_TEMPLATE, mode="644", paths=paths)
+    repaired = venv_consistent(name="Reinstall packages missing from the venv", venv=paths.VENV,
+                               requirement=requirement)
+    unit = config_file(name="Templated systemd unit", dest=paths.UNIT_TEMPLATE,
+                       content=render("matrix-synapse@.service.j2", paths=paths))
     systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
     for hs in host.loop(settings.homeservers):
-        _homeserver(settings, hs, changed_before=[venv, unit])
+        _homeserver(settings, hs, changed_before=[removed, venv, repaired, unit])
 
 
 def _homeserver(settings: HostSettings, hs: Homeserver, changed_before: list):
@@ -129,8 +132,11 @@ def _homeserver(settings: HostSettings, hs: Homeserver, changed_before: list):
     secret = generated_once(name=f"{name}: secrets (made once, never replaced)",
                             path=paths.secrets_yaml(name), user=user,
                             command=_secrets_command(f"{paths.VENV}/bin/python"))
-    config = files.put(name=f"{name}: homeserver.yaml", src=StringIO(render_homeserver_yaml(settings, hs)),
-                       dest=paths.homeserver_yaml(name), user=user, group=user, mode="600")
+    # Synapse's own parser checks the new file before it replaces the old one.
+    config = config_file(name=f"{name}: homeserver.yaml", dest=paths.homeserver_yaml(name),
+                         content=render_homeserver_yaml(settings, hs), user=user, group=user, mode="600",
+                         check=f"{paths.VENV}/bin/python -m synapse.config --config-path={{path}}"
+                               f" --config-path={paths.secrets_yaml(name)} >/dev/null")
     systemd.service(name=f"{name}: restart on change", service=paths.unit(name), running=True,
                     restarted=True, _if=any_changed(config, key, secret, *changed_before))
     systemd.service(name=f"{name}: running and enabled", service=paths.unit(name),

@@ -7,7 +7,11 @@ from pyinfra.api import deploy
 from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import apt
 
+from federate.ops import config_file, dpkg_consistent
 from federate.settings import HostSettings
+
+# Wait for another apt or dpkg (an unattended upgrade, an interrupted run) instead of failing.
+APT_LOCK_TIMEOUT = 'DPkg::Lock::Timeout "300";\n'
 
 
 def wanted_packages(settings: HostSettings) -> list[str]:
@@ -19,6 +23,9 @@ def wanted_packages(settings: HostSettings) -> list[str]:
 
 @deploy("System packages")
 def packages(settings: HostSettings):
+    config_file(name="apt waits for the dpkg lock", dest="/etc/apt/apt.conf.d/50federate-lock-timeout",
+                content=APT_LOCK_TIMEOUT)
+    dpkg_consistent(name="Finish an interrupted dpkg run")
     wanted = wanted_packages(settings)
     installed = host.get_fact(DebPackages) or {}
     # Refresh the package lists only when something is missing: a converged host changes nothing.
