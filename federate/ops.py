@@ -181,3 +181,37 @@ class DpkgInterrupted(FactBase):
 def dpkg_consistent():
     if host.get_fact(DpkgInterrupted):
         yield StringCommand("DEBIAN_FRONTEND=noninteractive dpkg --configure -a")
+
+
+class InstalledSynapse(FactBase):
+    """The Synapse version installed in a venv, or None."""
+
+    def command(self, venv: str) -> str:
+        return (f"{shlex.quote(venv)}/bin/python -c 'import synapse; print(synapse.__version__)'"
+                " 2>/dev/null || echo none")
+
+    def process(self, output):
+        value = "".join(output).strip()
+        return None if value == "none" else value
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
+
+
+@operation()
+def downgrade_allowed(venv: str, version: str, databases: list[str], script: str):
+    """Before installing an older Synapse, check on the host that every database can take it.
+
+    Upgrades and same-version runs do nothing here. Synapse's database schema moves forward with
+    releases; the check compares the databases' compatibility floor with the target's schema.
+    """
+    installed = host.get_fact(InstalledSynapse, venv=venv)
+    if installed is None or _version_tuple(version) >= _version_tuple(installed):
+        host.noop(f"Synapse {installed or 'not installed'} -> {version}: no downgrade")
+        return
+    path = f"{UPLOAD_TMP}/downgrade_check.py"
+    yield StringCommand(f"install -d -m 700 {UPLOAD_TMP}")
+    yield FileUploadCommand(StringIO(script), path)
+    yield StringCommand(f"{shlex.quote(venv)}/bin/python {path} {shlex.quote(version)} "
+                        + " ".join(shlex.quote(d) for d in databases))

@@ -13,11 +13,17 @@ from pyinfra.operations import apt, files, pip, server, systemd
 from pyinfra.operations.util import any_changed
 
 from federate import paths
-from federate.ops import config_file, generated_once, matrix_user, venv_consistent, venv_usable
+from federate.hostscripts import source
+from federate.ops import (config_file, downgrade_allowed, generated_once, matrix_user, venv_consistent,
+                          venv_usable)
 from federate.settings import Homeserver, HostSettings
 from federate.templates import render
 
 SECRET_KEYS = ("registration_shared_secret", "macaroon_secret_key", "form_secret")
+
+
+def sqlite_path(hs: Homeserver) -> str:
+    return f"{paths.data_dir(hs.server_name)}/homeserver.db"
 
 
 def homeserver_config(settings: HostSettings, hs: Homeserver) -> dict[str, Any]:
@@ -38,7 +44,7 @@ def homeserver_config(settings: HostSettings, hs: Homeserver) -> dict[str, Any]:
         }],
         "database": {
             "name": "sqlite3",
-            "args": {"database": f"{paths.data_dir(hs.server_name)}/homeserver.db"},
+            "args": {"database": sqlite_path(hs)},
         },
         "media_store_path": f"{paths.data_dir(hs.server_name)}/media_store",
         "signing_key_path": paths.signing_key(hs.server_name),
@@ -103,6 +109,9 @@ def install_synapse(settings: HostSettings):
                 home=paths.DATA_ROOT, shell="/usr/sbin/nologin")
     requirement = f"matrix-synapse=={settings.synapse_version}"
     removed = venv_usable(name="Remove a venv an interrupted run left unusable", venv=paths.VENV)
+    downgrade_allowed(name=f"Refuse a downgrade to {settings.synapse_version} the databases cannot take",
+                      venv=paths.VENV, version=settings.synapse_version, script=source("downgrade_check.py"),
+                      databases=[sqlite_path(hs) for hs in settings.homeservers])
     venv = pip.packages(
         name=f"matrix-synapse {settings.synapse_version} in {paths.VENV}",
         packages=[requirement],

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import pprint
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -20,3 +22,11 @@ def run_deploy(inventory: str, *extra: str, timeout: int = 1200) -> subprocess.C
 def json_totals(result: subprocess.CompletedProcess) -> dict:
     """`results.totals` of a `--json` run; its `success` counts operations that changed something."""
     return json.loads(result.stdout[result.stdout.index("{"):])["results"]["totals"]
+
+
+def write_inventory(path: Path, source: str, mutate) -> str:
+    """A copy of a lab inventory file with `mutate(hosts)` applied to its (name, data) list."""
+    hosts = runpy.run_path(source)["lab_hosts"]
+    mutate(hosts)
+    path.write_text("lab_hosts = " + pprint.pformat(hosts, width=110) + "\n")
+    return str(path)

@@ -63,3 +63,4 @@ def deployed(lab):
     lab.timings["cold_deploy"] = time.monotonic() - start
     assert result.returncode == 0, f"deploy failed:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
     return lab
+
