@@ -51,19 +51,27 @@ class HttpStatus(FactBase):
 @operation()
 def config_file(dest: str, content: str, user: str = "root", group: str = "root", mode: str = "644",
                 check: str | None = None, check_in_place: bool = False):
-    """Write a text file atomically, checked before it can go live; repair owner and mode drift.
+    """Write a text file's content atomically, checked before it can go live.
 
-    The content goes to a temporary file beside `dest` and is renamed over it, so an interrupted
-    run leaves the old file or the new one, never half of one. `check` (with {path}) validates the
-    temporary file; with `check_in_place` it runs after the rename (for checkers such as `nginx -t`
-    that read a whole config tree) and the previous file is put back when it fails.
+    The content goes to a temporary file beside `dest` (with the wanted owner and mode) and is
+    renamed over it, so an interrupted run leaves the old file or the new one, never half of one.
+    `check` (with {path}) validates the temporary file; with `check_in_place` it runs after the
+    rename (for checkers such as `nginx -t` that read a whole config tree) and the previous file
+    is put back when it fails. Only a content change counts here, so services restart only for
+    that; `file_attributes` repairs owner and mode drift.
     """
     current = host.get_fact(File, path=dest)
     wanted_sha1 = hashlib.sha1(content.encode()).hexdigest()
     if not current or host.get_fact(Sha1File, path=dest) != wanted_sha1:
         yield from _replace_file(dest, content, user, group, mode, check, check_in_place)
-        return
-    yield from _repair_owner_and_mode(dest, current, user, group, mode)
+
+
+@operation()
+def file_attributes(path: str, user: str, group: str, mode: str):
+    """Owner and mode of an existing file (no content is touched, nothing is created)."""
+    current = host.get_fact(File, path=path)
+    if current:
+        yield from _repair_owner_and_mode(path, current, user, group, mode)
 
 
 def _repair_owner_and_mode(path: str, current: dict, user: str, group: str, mode: str):
@@ -76,7 +84,8 @@ def _repair_owner_and_mode(path: str, current: dict, user: str, group: str, mode
 def _replace_file(dest, content, user, group, mode, check, check_in_place):
     tmp, old = shlex.quote(f"{dest}.federate-new"), shlex.quote(f"{dest}.federate-old")
     quoted = shlex.quote(dest)
-    yield StringCommand(f"install -d -m 755 {shlex.quote(dest.rsplit('/', 1)[0] or '/')}")
+    # mkdir -p leaves an existing parent's mode alone (install -d would reset it)
+    yield StringCommand(f"mkdir -p {shlex.quote(dest.rsplit('/', 1)[0] or '/')}")
     yield StringCommand(f"rm -f {tmp} && (umask 077 && touch {tmp})")
     yield FileUploadCommand(StringIO(content), f"{dest}.federate-new")
     yield StringCommand(f"chown {user}:{group} {tmp} && chmod {mode} {tmp}")

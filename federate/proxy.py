@@ -10,7 +10,7 @@ from pyinfra.operations.util import any_changed
 
 from federate import paths, wellknown
 from federate.settings import Homeserver, HostSettings
-from federate.ops import config_file
+from federate.ops import config_file, file_attributes
 from federate.templates import render
 from federate.tls import certificate_paths
 
@@ -51,6 +51,7 @@ def http_site(settings: HostSettings):
     webroot = files.directory(name="ACME webroot", path=paths.ACME_WEBROOT, mode="755")
     site = config_file(name="Port 80 site", dest=HTTP_SITE, check=NGINX_CHECK, check_in_place=True,
                        content=render("federate-http.conf.j2", acme_webroot=paths.ACME_WEBROOT))
+    file_attributes(name="Port 80 site owner and mode", path=HTTP_SITE, user="root", group="root", mode="644")
     _reload_if(removed, webroot, site)
 
 
@@ -62,6 +63,8 @@ def homeserver_sites(settings: HostSettings, certificate_ops: list):
         ops.append(config_file(name=f"{hs.server_name}: site", dest=site_path(hs), check=NGINX_CHECK,
                                check_in_place=True,
                                content=render("federate-homeserver.conf.j2", **site_context(settings, hs))))
+        file_attributes(name=f"{hs.server_name}: site owner and mode", path=site_path(hs),
+                        user="root", group="root", mode="644")
     # Sites of homeservers no longer in the settings would keep answering: remove them.
     for stale in host.loop(sorted(set(host.get_fact(FindFiles, path=SITES_DIR, fname="federate-*.conf")
                                       or []) - wanted)):

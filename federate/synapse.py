@@ -14,8 +14,8 @@ from pyinfra.operations.util import any_changed
 
 from federate import paths
 from federate.hostscripts import source
-from federate.ops import (config_file, downgrade_allowed, generated_once, matrix_user, venv_consistent,
-                          venv_usable)
+from federate.ops import (config_file, downgrade_allowed, file_attributes, generated_once, matrix_user,
+                          venv_consistent, venv_usable)
 from federate.settings import Homeserver, HostSettings
 from federate.templates import render
 
@@ -122,6 +122,8 @@ def install_synapse(settings: HostSettings):
                                requirement=requirement)
     unit = config_file(name="Templated systemd unit", dest=paths.UNIT_TEMPLATE,
                        content=render("matrix-synapse@.service.j2", paths=paths))
+    file_attributes(name="Unit file owner and mode", path=paths.UNIT_TEMPLATE, user="root", group="root",
+                    mode="644")
     systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
     for hs in host.loop(settings.homeservers):
         _homeserver(settings, hs, changed_before=[removed, venv, repaired, unit])
@@ -146,6 +148,8 @@ def _homeserver(settings: HostSettings, hs: Homeserver, changed_before: list):
                          content=render_homeserver_yaml(settings, hs), user=user, group=user, mode="600",
                          check=f"{paths.VENV}/bin/python -m synapse.config --config-path={{path}}"
                                f" --config-path={paths.secrets_yaml(name)} >/dev/null")
+    file_attributes(name=f"{name}: homeserver.yaml owner and mode", path=paths.homeserver_yaml(name),
+                    user=user, group=user, mode="600")
     systemd.service(name=f"{name}: restart on change", service=paths.unit(name), running=True,
                     restarted=True, _if=any_changed(config, key, secret, *changed_before))
     systemd.service(name=f"{name}: running and enabled", service=paths.unit(name),

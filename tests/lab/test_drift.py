@@ -32,12 +32,13 @@ TAMPERS = {
                             {"beta.test: site", "nginx: reload on change"}),
     "proxy config removed": ("rm /etc/nginx/conf.d/federate-beta.test.conf && systemctl reload nginx",
                              {"beta.test: site", "nginx: reload on change"}),
-    "well-known removed": ("sed -i '/location = \\/.well-known\\/matrix\\/server/,/}/d' "
+    "well-known removed": ("sed -i '/location = \\/.well-known\\/matrix\\/server/,/^    }$/d' "
                            "/etc/nginx/conf.d/federate-beta.test.conf && systemctl reload nginx",
                            {"beta.test: site", "nginx: reload on change"}),
     "file modes and owners changed": (f"chmod 644 {BETA}/secrets.yaml {BETA}/homeserver.yaml && "
                                       "chown root /var/lib/matrix-synapse/beta.test",
-                                      {"beta.test: secrets", "beta.test: homeserver.yaml", "beta.test: data dir"}),
+                                      {"beta.test: secrets", "beta.test: homeserver.yaml owner and mode",
+                                       "beta.test: data dir"}),
     "package missing from the venv": ("/opt/matrix-synapse/venv/bin/python -m pip uninstall -q -y attrs",
                                       {"Reinstall packages missing", "beta.test: restart on change"}),
 }
@@ -87,6 +88,10 @@ def before(deployed):
 def test_one_run_repairs_exactly_the_drift(deployed, before, case):
     tamper, expected = TAMPERS[case]
     deployed.ssh("hs2", tamper)
+    info = deployed.info
+    if case == "well-known removed":  # the tamper is real: seen from outside first
+        assert https_get("beta.test", 443, "/.well-known/matrix/server", ca_file=info["ca_file"],
+                         dns_server=info["dns"]).status == 404
     repair = run_deploy(deployed.inventory, "--json")
     assert repair.returncode == 0, repair.stderr[-3000:]
     changed = changed_on(repair, "hs2")
@@ -97,7 +102,6 @@ def test_one_run_repairs_exactly_the_drift(deployed, before, case):
     again = run_deploy(deployed.inventory, "--json")
     assert json_totals(again)["success"] == 0, changed_on(again, "hs2")
     # Seen from outside: beta.test serves its well-known and federation API again.
-    info = deployed.info
     reply = https_get("beta.test", 8448, "/_matrix/key/v2/server", ca_file=info["ca_file"], dns_server=info["dns"])
     assert reply.status == 200 and reply.json()["server_name"] == "beta.test"
     assert https_get("beta.test", 443, "/.well-known/matrix/server", ca_file=info["ca_file"],
