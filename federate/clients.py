@@ -7,6 +7,7 @@ client would with real DNS and a public CA.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 import ssl
 import time
@@ -16,8 +17,8 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
-from nio import (AsyncClient, JoinError, JoinResponse, LoginResponse, RoomCreateResponse, RoomMessageText, RoomPreset,
-                 RoomSendResponse)
+from nio import (AsyncClient, DownloadResponse, JoinError, JoinResponse, LoginResponse, RoomCreateResponse,
+                 RoomMessagesResponse, RoomMessageText, RoomPreset, RoomSendResponse, UploadResponse)
 
 from federate.probe import resolve_address
 
@@ -166,3 +167,36 @@ async def attempts_from_outside(outsider: Account, insider: Account, dns_server:
     finally:
         await outside.close()
         await inside.close()
+
+
+async def leave_traces(account: Account, dns_server: str, ca_file: str) -> dict:
+    """A room with a message and an uploaded file, to look for after repairs and upgrades."""
+    client = await login(account, dns_server, ca_file)
+    try:
+        room = await client.room_create(name="federate traces")
+        if not isinstance(room, RoomCreateResponse):
+            raise RuntimeError(f"{account.user_id} could not create a room: {room}")
+        await client.room_send(room.room_id, "m.room.message", {"msgtype": "m.text", "body": "still here"})
+        data = b"federate media " * 1000
+        upload, _ = await client.upload(lambda *_: data, content_type="application/octet-stream",
+                                        filename="kept.bin", filesize=len(data))
+        if not isinstance(upload, UploadResponse):
+            raise RuntimeError(f"upload failed: {upload}")
+        return {"room_id": room.room_id, "mxc": upload.content_uri, "sha256": hashlib.sha256(data).hexdigest()}
+    finally:
+        await client.close()
+
+
+async def find_traces(account: Account, dns_server: str, ca_file: str, traces: dict) -> tuple[list, str]:
+    """(message bodies of the traces room, sha256 of the uploaded file as downloaded now)."""
+    client = await login(account, dns_server, ca_file)
+    try:
+        messages = await client.room_messages(traces["room_id"], start="", limit=50)
+        if not isinstance(messages, RoomMessagesResponse):
+            raise RuntimeError(f"room history unavailable: {messages}")
+        media = await client.download(traces["mxc"])
+        if not isinstance(media, DownloadResponse):
+            raise RuntimeError(f"media unavailable: {media}")
+        return [getattr(e, "body", None) for e in messages.chunk], hashlib.sha256(media.body).hexdigest()
+    finally:
+        await client.close()

@@ -4,14 +4,12 @@ and rooms, messages, media and signing keys survive it all. Checked from outside
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 
 import pytest
-from nio import DownloadResponse, RoomMessagesResponse, UploadResponse
 
 from federate import prove
-from federate.clients import login
+from federate.clients import find_traces, leave_traces
 from federate.lab.runner import json_totals, run_deploy
 from federate.probe import https_get
 
@@ -49,37 +47,10 @@ def changed_on(result, host: str) -> list[list[str]]:
     return [op["names"] for op in document["results"]["operations"] if host in op["success"]]
 
 
-async def _leave_traces(info, users) -> dict:
-    """A room with a message and an uploaded file on beta.test, to find again after all repairs."""
-    bob = await login(users["beta.test"], info["dns"], info["ca_file"])
-    try:
-        room = await bob.room_create(name="drift survivors")
-        await bob.room_send(room.room_id, "m.room.message", {"msgtype": "m.text", "body": "still here"})
-        data = b"federate media " * 1000
-        upload, _ = await bob.upload(lambda *_: data, content_type="application/octet-stream",
-                                     filename="kept.bin", filesize=len(data))
-        assert isinstance(upload, UploadResponse), upload
-        return {"room_id": room.room_id, "mxc": upload.content_uri, "sha256": hashlib.sha256(data).hexdigest()}
-    finally:
-        await bob.close()
-
-
-async def _find_traces(info, users, traces) -> tuple[list[str], str]:
-    bob = await login(users["beta.test"], info["dns"], info["ca_file"])
-    try:
-        messages = await bob.room_messages(traces["room_id"], start="", limit=50)
-        assert isinstance(messages, RoomMessagesResponse), messages
-        media = await bob.download(traces["mxc"])
-        assert isinstance(media, DownloadResponse), media
-        return [getattr(e, "body", None) for e in messages.chunk], hashlib.sha256(media.body).hexdigest()
-    finally:
-        await bob.close()
-
-
 @pytest.fixture(scope="module")
 def before(deployed):
     users = prove.accounts(prove.load_settings(deployed.inventory))
-    traces = asyncio.run(_leave_traces(deployed.info, users))
+    traces = asyncio.run(leave_traces(users["beta.test"], deployed.info["dns"], deployed.info["ca_file"]))
     hashes = deployed.ssh("hs2", f"sha256sum {KEPT_FILES} | head -2").stdout
     return users, traces, hashes
 
@@ -110,7 +81,8 @@ def test_one_run_repairs_exactly_the_drift(deployed, before, case):
 
 def test_rooms_messages_media_and_keys_survived(deployed, before):
     users, traces, hashes = before
-    bodies, media_sha256 = asyncio.run(_find_traces(deployed.info, users, traces))
+    bodies, media_sha256 = asyncio.run(find_traces(users["beta.test"], deployed.info["dns"],
+                                                   deployed.info["ca_file"], traces))
     assert "still here" in bodies
     assert media_sha256 == traces["sha256"]
     assert deployed.ssh("hs2", f"sha256sum {KEPT_FILES} | head -2").stdout == hashes
