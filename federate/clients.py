@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
-from nio import (AsyncClient, DownloadResponse, JoinError, JoinResponse, LoginResponse, RoomCreateResponse,
+from nio import (AsyncClient, AsyncClientConfig, DownloadResponse, JoinError, JoinResponse, LoginResponse, RoomCreateResponse,
                  RoomMessagesResponse, RoomMessageText, RoomPreset, RoomSendResponse, UploadResponse)
 
 from federate.probe import resolve_address
@@ -52,8 +52,13 @@ class Account:
 _sessions: dict[str, tuple[str, str]] = {}  # user ID -> (device ID, access token)
 
 
+# nio retries rate limits and time-outs forever by default: a check must end with an answer.
+CLIENT_CONFIG = AsyncClientConfig(max_limit_exceeded=2, max_timeouts=2, request_timeout=30,
+                                  max_timeout_retry_wait_time=10)
+
+
 async def login(account: Account, dns_server: str, ca_file: str) -> AsyncClient:
-    client = AsyncClient(account.base_url, account.user_id)
+    client = AsyncClient(account.base_url, account.user_id, config=CLIENT_CONFIG)
     connector = aiohttp.TCPConnector(resolver=LabResolver(dns_server),
                                      ssl=ssl.create_default_context(cafile=ca_file))
     client.client_session = aiohttp.ClientSession(connector=connector)

@@ -104,14 +104,12 @@ def _replace_file(dest, content, user, group, mode, check, check_in_place):
 def generated_once(path: str, command: str, user: str, mode: str = "600"):
     """Create `path` by running `command` (which writes to $OUT) unless it already exists.
 
-    Used for signing keys and secrets: never overwritten once made (owner and mode are repaired).
-    The file is written to a temporary name, given its owner and mode, then renamed, so a
+    Used for signing keys and secrets: never overwritten once made (`file_attributes` repairs
+    their owner and mode without counting as a new secret). The file is written to a temporary name, given its owner and mode, then renamed, so a
     half-written key never exists.
     """
-    current = host.get_fact(File, path=path)
-    if current:
-        # Kept as it is; only owner and mode are repaired.
-        yield from _repair_owner_and_mode(path, current, user, user, mode)
+    if host.get_fact(File, path=path):
+        host.noop(f"{path} exists and is kept")
         return
     tmp = f"{path}.new"
     yield StringCommand(

@@ -143,6 +143,9 @@ def _homeserver(settings: HostSettings, hs: Homeserver, changed_before: list):
     secret = generated_once(name=f"{name}: secrets (made once, never replaced)",
                             path=paths.secrets_yaml(name), user=user,
                             command=_secrets_command(f"{paths.VENV}/bin/python"))
+    for path in host.loop([paths.signing_key(name), paths.secrets_yaml(name)]):
+        file_attributes(name=f"{name}: owner and mode of {path.rsplit('/', 1)[1]}", path=path,
+                        user=user, group=user, mode="600")
     # Synapse's own parser checks the new file before it replaces the old one.
     config = config_file(name=f"{name}: homeserver.yaml", dest=paths.homeserver_yaml(name),
                          content=render_homeserver_yaml(settings, hs), user=user, group=user, mode="600",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -35,7 +36,8 @@ TAMPERS = {
                            {"beta.test: site", "nginx: reload on change"}),
     "file modes and owners changed": (f"chmod 644 {BETA}/secrets.yaml {BETA}/homeserver.yaml && "
                                       "chown root /var/lib/matrix-synapse/beta.test",
-                                      {"beta.test: secrets", "beta.test: homeserver.yaml owner and mode",
+                                      {"beta.test: owner and mode of secrets.yaml",
+                                       "beta.test: homeserver.yaml owner and mode",
                                        "beta.test: data dir"}),
     "package missing from the venv": ("/opt/matrix-synapse/venv/bin/python -m pip uninstall -q -y attrs",
                                       {"Reinstall packages missing", "beta.test: restart on change"}),
@@ -55,14 +57,23 @@ def before(deployed):
     return users, traces, hashes
 
 
+def _status_settles(name: str, path: str, info: dict, status: int, seconds: float = 10.0) -> bool:
+    """nginx's reload returns before its new workers answer: poll for the new answer."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if https_get(name, 443, path, ca_file=info["ca_file"], dns_server=info["dns"]).status == status:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 @pytest.mark.parametrize("case", list(TAMPERS))
 def test_one_run_repairs_exactly_the_drift(deployed, before, case):
     tamper, expected = TAMPERS[case]
     deployed.ssh("hs2", tamper)
     info = deployed.info
     if case == "well-known removed":  # the tamper is real: seen from outside first
-        assert https_get("beta.test", 443, "/.well-known/matrix/server", ca_file=info["ca_file"],
-                         dns_server=info["dns"]).status == 404
+        assert _status_settles("beta.test", "/.well-known/matrix/server", info, 404)
     repair = run_deploy(deployed.inventory, "--json")
     assert repair.returncode == 0, repair.stderr[-3000:]
     changed = changed_on(repair, "hs2")
