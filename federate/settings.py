@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 PROFILES = ("external", "internal")
-PROXIES = ("nginx",)
-FIREWALLS = ("ufw",)
+PROXIES = ("nginx", "caddy")
+FIREWALLS = ("ufw", "nftables")
 DATABASES = ("sqlite",)
 TLS_MODES = ("acme", "provided")
 
