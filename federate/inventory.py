@@ -19,6 +19,11 @@ def settings_for(inventory, host) -> HostSettings:
         try:
             _cache[key] = inventory_settings((h.name, h.data.dict()) for h in inventory)
         except SettingsError as error:
-            logger.error(f"federate: invalid settings: {error}")
-            sys.exit(2)
+            refuse(f"invalid settings: {error}")
     return _cache[key][host.name]
+
+
+def refuse(message: str):
+    """Stop the whole run before any operation executes, with one clear line and no traceback."""
+    logger.error(f"federate: {message}")
+    sys.exit(2)

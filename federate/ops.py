@@ -202,23 +202,16 @@ class InstalledSynapse(FactBase):
         return None if value == "none" else value
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
+def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split(".") if part.isdigit())
 
 
-@operation()
-def downgrade_allowed(venv: str, version: str, databases: list[str], script: str):
-    """Before installing an older Synapse, check on the host that every database can take it.
+class DowngradeVerdict(FactBase):
+    """Runs the host-side downgrade check: 'ok' or 'refused: <why>'."""
 
-    Upgrades and same-version runs do nothing here. Synapse's database schema moves forward with
-    releases; the check compares the databases' compatibility floor with the target's schema.
-    """
-    installed = host.get_fact(InstalledSynapse, venv=venv)
-    if installed is None or _version_tuple(version) >= _version_tuple(installed):
-        host.noop(f"Synapse {installed or 'not installed'} -> {version}: no downgrade")
-        return
-    path = f"{UPLOAD_TMP}/downgrade_check.py"
-    yield StringCommand(f"install -d -m 700 {UPLOAD_TMP}")
-    yield FileUploadCommand(StringIO(script), path)
-    yield StringCommand(f"{shlex.quote(venv)}/bin/python {path} {shlex.quote(version)} "
-                        + " ".join(shlex.quote(d) for d in databases))
+    def command(self, venv: str, version: str, databases: list[str], script: str) -> str:
+        args = " ".join(shlex.quote(a) for a in [version, *databases])
+        return f"{shlex.quote(venv)}/bin/python -c {shlex.quote(script)} {args}"
+
+    def process(self, output):
+        return "".join(output).strip()

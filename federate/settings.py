@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 PROFILES = ("external", "internal")
 PROXIES = ("nginx", "caddy")
 FIREWALLS = ("ufw", "nftables")
-DATABASES = ("sqlite",)
+DATABASES = ("postgres", "sqlite")
 TLS_MODES = ("acme", "provided")
 
 # Ports the proxy and SSH own on every host; Synapse listeners must stay off them.

@@ -13,17 +13,14 @@ from pyinfra.operations import apt, files, pip, server, systemd
 from pyinfra.operations.util import any_changed
 
 from federate import paths
+from federate.database import database_config, database_ref, driver_requirements
 from federate.hostscripts import source
-from federate.ops import (config_file, downgrade_allowed, file_attributes, generated_once, matrix_user,
-                          venv_consistent, venv_usable)
+from federate.ops import (DowngradeVerdict, InstalledSynapse, config_file, file_attributes, generated_once,
+                          matrix_user, venv_consistent, venv_usable, version_tuple)
 from federate.settings import Homeserver, HostSettings
 from federate.templates import render
 
 SECRET_KEYS = ("registration_shared_secret", "macaroon_secret_key", "form_secret")
-
-
-def sqlite_path(hs: Homeserver) -> str:
-    return f"{paths.data_dir(hs.server_name)}/homeserver.db"
 
 
 def homeserver_config(settings: HostSettings, hs: Homeserver) -> dict[str, Any]:
@@ -42,10 +39,7 @@ def homeserver_config(settings: HostSettings, hs: Homeserver) -> dict[str, Any]:
             "x_forwarded": True,
             "resources": [{"names": ["client", *federation], "compress": False}],
         }],
-        "database": {
-            "name": "sqlite3",
-            "args": {"database": sqlite_path(hs)},
-        },
+        "database": database_config(settings, hs),
         "media_store_path": f"{paths.data_dir(hs.server_name)}/media_store",
         "signing_key_path": paths.signing_key(hs.server_name),
         "enable_registration": False,
@@ -102,6 +96,20 @@ def controller_password(secrets_dir: str, server_name: str, localpart: str) -> s
     return path.read_text().strip()
 
 
+def downgrade_problem(settings: HostSettings) -> str | None:
+    """Why installing an older Synapse would break a database, or None. Checked while planning:
+    upgrades and same-version runs cost one fact; only a real downgrade runs the host-side check."""
+    installed = host.get_fact(InstalledSynapse, venv=paths.VENV)
+    if installed is None or version_tuple(settings.synapse_version) >= version_tuple(installed):
+        return None
+    verdict = host.get_fact(DowngradeVerdict, venv=paths.VENV, version=settings.synapse_version,
+                            databases=[database_ref(settings, hs) for hs in settings.homeservers],
+                            script=source("downgrade_check.py"))
+    if verdict.startswith("refused: "):
+        return f"host {settings.host}: synapse_version: {verdict[len('refused: '):]} (installed: {installed})"
+    return None
+
+
 @deploy("Synapse")
 def install_synapse(settings: HostSettings):
     apt.packages(name="Python venv support", packages=["python3-venv"])
@@ -109,12 +117,9 @@ def install_synapse(settings: HostSettings):
                 home=paths.DATA_ROOT, shell="/usr/sbin/nologin")
     requirement = f"matrix-synapse=={settings.synapse_version}"
     removed = venv_usable(name="Remove a venv an interrupted run left unusable", venv=paths.VENV)
-    downgrade_allowed(name=f"Refuse a downgrade to {settings.synapse_version} the databases cannot take",
-                      venv=paths.VENV, version=settings.synapse_version, script=source("downgrade_check.py"),
-                      databases=[sqlite_path(hs) for hs in settings.homeservers])
     venv = pip.packages(
         name=f"matrix-synapse {settings.synapse_version} in {paths.VENV}",
-        packages=[requirement],
+        packages=[requirement, *driver_requirements(settings)],
         virtualenv=paths.VENV,
         virtualenv_kwargs={"venv": True, "python": "python3"},
     )

@@ -18,6 +18,8 @@ def wanted_packages(settings: HostSettings) -> list[str]:
     wanted = ["python3-venv", "curl", settings.proxy, settings.firewall]
     if settings.tls.mode == "acme":
         wanted.append("certbot")
+    if settings.database == "postgres":
+        wanted.append("postgresql")
     return wanted
 
 

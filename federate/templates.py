@@ -14,5 +14,6 @@ def template_path(name: str) -> str:
 def render(name: str, **context) -> str:
     """Render a template locally (unit tests, and files assembled before upload)."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             trim_blocks=True, lstrip_blocks=True)
     return env.get_template(name).render(**context)

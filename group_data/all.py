@@ -6,7 +6,7 @@ synapse_version = "1.163.2"
 
 proxy = "nginx"        # the reverse proxy terminating TLS on 443 and 8448
 firewall = "ufw"       # default deny incoming; SSH, 80, 443 and 8448 open
-database = "sqlite"    # Synapse's embedded database
+database = "postgres"  # Debian's PostgreSQL, a role and a database per homeserver; or "sqlite"
 
 # Certificates from an ACME CA with HTTP-01 on port 80 (certbot). Set "email" for expiry mail.
 tls = {

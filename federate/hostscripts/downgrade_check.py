@@ -1,9 +1,9 @@
 """Refuse a Synapse downgrade that the homeservers' databases cannot take.
 
-Usage: python downgrade_check.py TARGET_VERSION DATABASE...
+Usage: python downgrade_check.py TARGET_VERSION sqlite:PATH|postgres:NAME ...
 Runs on the host with the venv's pip. Synapse records in each database the oldest schema
 its data still works with (schema_compat_version); the target release's own schema version
-(SCHEMA_VERSION in its wheel) must not be older than that. Exit 0: safe; exit 3: refused.
+(SCHEMA_VERSION in its wheel) must not be older than that. Prints "ok" or "refused: ...".
 """
 
 import glob
@@ -25,12 +25,22 @@ def target_schema_version(version: str) -> int:
     return int(re.search(r"^SCHEMA_VERSION\s*=\s*(\d+)", text, re.M).group(1))
 
 
-def compat_version(database: str) -> int | None:
+QUERY = "SELECT compat_version FROM schema_compat_version"
+
+
+def compat_version(reference: str) -> int | None:
+    """None when there is no database yet, or not one Synapse has set up: nothing to protect."""
+    kind, _, name = reference.partition(":")
+    if kind == "postgres":
+        reply = subprocess.run(["su", "postgres", "-c", f"psql -Atc '{QUERY}' {name}"],
+                               capture_output=True, text=True)
+        value = reply.stdout.strip()
+        return int(value) if reply.returncode == 0 and value.isdigit() else None
     try:
-        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
-            row = db.execute("SELECT compat_version FROM schema_compat_version").fetchone()
+        with sqlite3.connect(f"file:{name}?mode=ro", uri=True) as db:
+            row = db.execute(QUERY).fetchone()
     except sqlite3.Error:
-        return None  # no database yet, or not one Synapse has set up: nothing to protect
+        return None
     return row[0] if row else None
 
 
@@ -43,10 +53,10 @@ def main() -> int:
         if needed is not None and needed > schema:
             refused.append(f"{database} needs schema {needed} or newer; Synapse {target} has schema {schema}")
     if refused:
-        print(f"federate: downgrade to Synapse {target} refused, the database cannot take it: "
-              + "; ".join(refused) + ". Pick a newer synapse_version.", file=sys.stderr)
-        return 3
-    print(f"Synapse {target} (schema {schema}) can use the existing databases")
+        print(f"refused: downgrade to Synapse {target} refused, the database cannot take it: "
+              + "; ".join(refused) + ". Pick a newer synapse_version.")
+    else:
+        print("ok")
     return 0
 
 

@@ -1,0 +1,119 @@
+"""Synapse's database: Debian's PostgreSQL (default) or SQLite.
+
+PostgreSQL gets one role and one database per homeserver (UTF8, C collation and ctype, from
+template0, as Synapse requires). Synapse connects over the Unix socket with peer
+authentication: a pg_ident map lets the `matrix-synapse` OS user log in as each homeserver's
+role, so there is no database password to generate, store or leak.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+from pyinfra import host
+from pyinfra.api import FactBase, deploy
+from pyinfra.facts.files import File
+from pyinfra.operations import postgres, systemd
+from pyinfra.operations.util import any_changed
+
+from federate import paths
+from federate.ops import config_file
+from federate.settings import Homeserver, HostSettings
+from federate.templates import render
+
+SOCKET_DIR = "/var/run/postgresql"
+IDENT_MAP = "federate"
+PSQL_AS_POSTGRES = {"_su_user": "postgres"}  # su exists on every Debian host; sudo may not
+
+
+class PostgresVersion(FactBase):
+    """Major version of the installed cluster config (e.g. '15'), or None."""
+
+    def command(self) -> str:
+        return "ls /etc/postgresql 2>/dev/null | sort -n | tail -n 1"
+
+    def process(self, output):
+        value = "".join(output).strip()
+        return value or None
+
+
+class PostgresDatabaseExists(FactBase):
+    def command(self, database: str) -> str:
+        query = f"SELECT 1 FROM pg_database WHERE datname = '{database}'"
+        return f"su postgres -c {shlex.quote(f'psql -Atc {shlex.quote(query)}')} 2>/dev/null || true"
+
+    def process(self, output):
+        return "".join(output).strip() == "1"
+
+
+def backend_switch_problem(settings: HostSettings) -> str | None:
+    """Why this run would start a homeserver on an empty database next to its real one, or None.
+
+    Checked while planning, so a refused switch changes nothing on any host.
+    """
+    for i, hs in enumerate(settings.homeservers):
+        where = f"host {settings.host}: homeservers[{i}] ({hs.server_name}): database"
+        if settings.database == "postgres" and host.get_fact(File, path=sqlite_path(hs)):
+            if not host.get_fact(PostgresDatabaseExists, database=role_name(hs)):
+                return (f"{where}: this homeserver has a SQLite database ({sqlite_path(hs)}); switching to "
+                        "postgres would start it on an empty one. Port it first with Synapse's synapse_port_db "
+                        "(README, 'Moving from SQLite to PostgreSQL'), or keep database: sqlite.")
+        if settings.database == "sqlite" and not host.get_fact(File, path=sqlite_path(hs)):
+            if host.get_fact(PostgresDatabaseExists, database=role_name(hs)):
+                return (f"{where}: this homeserver's data is in PostgreSQL ({role_name(hs)}); switching to "
+                        "sqlite would start it on an empty database. Keep database: postgres.")
+    return None
+
+
+def role_name(hs: Homeserver) -> str:
+    """A PostgreSQL identifier derived from the server name (also the database name)."""
+    return "synapse_" + re.sub(r"[^a-z0-9]", "_", hs.host_name)
+
+
+def database_config(settings: HostSettings, hs: Homeserver) -> dict:
+    """The `database` section of homeserver.yaml."""
+    if settings.database == "sqlite":
+        return {"name": "sqlite3", "args": {"database": sqlite_path(hs)}}
+    return {"name": "psycopg2", "args": {
+        "user": role_name(hs), "database": role_name(hs), "host": SOCKET_DIR,
+        "cp_min": 5, "cp_max": 10,
+    }}
+
+
+def sqlite_path(hs: Homeserver) -> str:
+    return f"{paths.data_dir(hs.server_name)}/homeserver.db"
+
+
+def database_ref(settings: HostSettings, hs: Homeserver) -> str:
+    """How the host-side downgrade check finds a homeserver's database."""
+    return f"postgres:{role_name(hs)}" if settings.database == "postgres" else f"sqlite:{sqlite_path(hs)}"
+
+
+def driver_requirements(settings: HostSettings) -> list[str]:
+    """Extra packages for the venv: the PostgreSQL driver as a wheel (nothing to compile)."""
+    return ["psycopg2-binary==2.9.13"] if settings.database == "postgres" else []
+
+
+@deploy("Database")
+def configure(settings: HostSettings):
+    if settings.database != "postgres":
+        return
+    version = host.get_fact(PostgresVersion) or "15"
+    conf = f"/etc/postgresql/{version}/main"
+    roles = [role_name(hs) for hs in settings.homeservers]
+    ident = config_file(name="pg_ident.conf: matrix-synapse may log in as each homeserver's role",
+                        dest=f"{conf}/pg_ident.conf", user="postgres", group="postgres", mode="640",
+                        content=render("pg_ident.conf.j2", map=IDENT_MAP, os_user=paths.SYNAPSE_USER, roles=roles))
+    hba = config_file(name="pg_hba.conf: peer login through the map for Synapse's databases",
+                      dest=f"{conf}/pg_hba.conf", user="postgres", group="postgres", mode="640",
+                      content=render("pg_hba.conf.j2", map=IDENT_MAP, roles=roles))
+    systemd.service(name="PostgreSQL: reload on change", service="postgresql", running=True,
+                    reloaded=True, _if=any_changed(ident, hba))
+    systemd.service(name="PostgreSQL: running and enabled", service="postgresql", running=True, enabled=True)
+    for hs in host.loop(settings.homeservers):
+        postgres.role(name=f"{hs.server_name}: database role", role=role_name(hs), login=True,
+                      **PSQL_AS_POSTGRES)
+        postgres.database(name=f"{hs.server_name}: database (UTF8, C collation, from template0)",
+                          database=role_name(hs), owner=role_name(hs), encoding="UTF8",
+                          lc_collate="C", lc_ctype="C", template="template0", **PSQL_AS_POSTGRES)
