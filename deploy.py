@@ -2,17 +2,19 @@
 
 from pyinfra import host, inventory
 
-from federate import database, firewall, proxy, synapse, system, tls
+from federate import database, dns, firewall, proxy, synapse, system, tls
 from federate.inventory import refuse, settings_for
 
 settings = settings_for(inventory, host)
 if problem := database.backend_switch_problem(settings) or synapse.downgrade_problem(settings):
     refuse(problem)
+dns.announce(settings)
 
 system.packages(settings)
 firewall.configure(settings)
 proxy.http_site(settings)
 certificate_ops = tls.certificates(settings, reload_command=proxy.RELOAD_COMMAND)
-database.configure(settings)
-synapse.install_synapse(settings)
+if settings.homeservers:  # a delegation host only publishes well-known files
+    database.configure(settings)
+    synapse.install_synapse(settings)
 proxy.homeserver_sites(settings, certificate_ops)

@@ -9,10 +9,10 @@ from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
 
 from federate import paths, wellknown
-from federate.settings import Homeserver, HostSettings
+from federate.settings import Delegation, Homeserver, HostSettings
 from federate.ops import config_file, file_attributes
 from federate.templates import render
-from federate.tls import certificate_paths
+from federate.tls import certificate_paths, certificate_paths_for
 
 SITES_DIR = "/etc/nginx/conf.d"
 HTTP_SITE = f"{SITES_DIR}/federate-http.conf"
@@ -21,20 +21,26 @@ RELOAD_COMMAND = "systemctl reload nginx"
 NGINX_CHECK = "nginx -t -q"
 
 
-def site_path(hs: Homeserver) -> str:
-    return f"{SITES_DIR}/federate-{hs.host_name}.conf"
-
-
 def site_context(settings: HostSettings, hs: Homeserver) -> dict:
     cert, key = certificate_paths(settings, hs)
-    return {
-        "hs": hs,
-        "cert": cert,
-        "key": key,
-        "server_json": wellknown.as_json(wellknown.server_document(hs)),
-        "client_json": wellknown.as_json(wellknown.client_document(hs)),
-        "max_upload_size": settings.max_upload_size,
-    }
+    return {"hs": hs, "cert": cert, "key": key, "max_upload_size": settings.max_upload_size,
+            **wellknown.documents_json(hs, serve_server=hs.serves_server_well_known)}
+
+
+def delegation_context(settings: HostSettings, delegation: Delegation) -> dict:
+    cert, key = certificate_paths_for(settings, delegation.server_name)
+    return {"server_name": delegation.server_name, "public_host": delegation.public_host,
+            "cert": cert, "key": key, **wellknown.documents_json(delegation)}
+
+
+def wanted_sites(settings: HostSettings) -> dict[str, str]:
+    """Every site file this host serves (path -> content), homeservers and delegations alike."""
+    sites = {f"{SITES_DIR}/federate-{hs.cert_name}.conf":
+             render("federate-homeserver.conf.j2", **site_context(settings, hs)) for hs in settings.homeservers}
+    sites.update({f"{SITES_DIR}/federate-{d.server_name}.conf":
+                  render("federate-delegation.conf.j2", **delegation_context(settings, d))
+                  for d in settings.delegations})
+    return sites
 
 
 def _reload_if(*ops):
@@ -57,15 +63,15 @@ def http_site(settings: HostSettings):
 
 @deploy("Proxy: homeserver sites")
 def homeserver_sites(settings: HostSettings, certificate_ops: list):
-    wanted = {site_path(hs) for hs in settings.homeservers} | {HTTP_SITE}
+    sites = wanted_sites(settings)
     ops = list(certificate_ops)
-    for hs in host.loop(settings.homeservers):
-        ops.append(config_file(name=f"{hs.server_name}: site", dest=site_path(hs), check=NGINX_CHECK,
-                               check_in_place=True,
-                               content=render("federate-homeserver.conf.j2", **site_context(settings, hs))))
-        file_attributes(name=f"{hs.server_name}: site owner and mode", path=site_path(hs),
-                        user="root", group="root", mode="644")
+    for path, content in host.loop(sorted(sites.items())):
+        label = path.rsplit("/federate-", 1)[1].removesuffix(".conf")
+        ops.append(config_file(name=f"{label}: site", dest=path, check=NGINX_CHECK, check_in_place=True,
+                               content=content))
+        file_attributes(name=f"{label}: site owner and mode", path=path, user="root", group="root", mode="644")
     # Sites of homeservers no longer in the settings would keep answering: remove them.
+    wanted = set(sites) | {HTTP_SITE}
     for stale in host.loop(sorted(set(host.get_fact(FindFiles, path=SITES_DIR, fname="federate-*.conf")
                                       or []) - wanted)):
         ops.append(files.file(name=f"Remove stale site {stale}", path=stale, present=False))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
 PROFILES = ("external", "internal")
@@ -17,6 +17,9 @@ PROXIES = ("nginx", "caddy")
 FIREWALLS = ("ufw", "nftables")
 DATABASES = ("postgres", "sqlite")
 TLS_MODES = ("acme", "provided")
+# How other servers find a homeserver's API host: its own /.well-known/matrix/server, the
+# well-known published by another host (a delegation host), or a _matrix-fed._tcp SRV record.
+DISCOVERIES = ("well-known", "delegated", "srv")
 
 # Ports the proxy and SSH own on every host; Synapse listeners must stay off them.
 RESERVED_PORTS = {22, 80, 443, 8448}
@@ -63,11 +66,13 @@ MANAGED_SYNAPSE_KEYS = frozenset({
 HOST_KEYS = frozenset({
     "homeservers", "synapse_version", "proxy", "firewall", "database", "tls",
     "ip_range_whitelist", "trusted_key_servers", "max_upload_size", "secrets_dir", "verify",
+    "delegations",
 })
 HOMESERVER_KEYS = frozenset({
     "server_name", "profile", "port", "public_host", "federation_whitelist", "users",
-    "synapse_extra", *VISIBILITY_DEFAULTS["external"],
+    "synapse_extra", "discovery", *VISIBILITY_DEFAULTS["external"],
 })
+DELEGATION_KEYS = frozenset({"server_name", "public_host"})
 TLS_KEYS = frozenset({"mode", "acme_directory", "email", "certificates"})
 VERIFY_KEYS = frozenset({"after_deploy", "dns_server", "ca_file", "timeout"})
 USER_KEYS = frozenset({"localpart", "admin"})
@@ -100,6 +105,7 @@ class Homeserver:
     visibility: Mapping[str, Any]
     users: tuple[User, ...] = ()
     synapse_extra: Mapping[str, Any] = field(default_factory=dict)
+    discovery: str = "well-known"
 
     @property
     def host_name(self) -> str:
@@ -117,8 +123,29 @@ class Homeserver:
 
     @property
     def proxy_names(self) -> tuple[str, ...]:
-        """Every DNS name the proxy answers (and the certificate covers) for this server."""
+        """Every DNS name the proxy answers (and the certificate covers) for this server.
+
+        With a delegation host the server name points elsewhere; only the API host is ours.
+        """
+        if self.discovery == "delegated":
+            return (self.public_host,)
         return tuple(dict.fromkeys([self.host_name, self.public_host]))
+
+    @property
+    def cert_name(self) -> str:
+        """The name of this homeserver's certificate (certbot's cert name, provided files' key)."""
+        return self.proxy_names[0]
+
+    @property
+    def serves_server_well_known(self) -> bool:
+        return self.discovery == "well-known"
+
+
+@dataclass(frozen=True)
+class Delegation:
+    """A server name whose well-known files a plain web host publishes for a Synapse elsewhere."""
+    server_name: str
+    public_host: str
 
 
 @dataclass(frozen=True)
@@ -142,6 +169,7 @@ class Verify:
 class HostSettings:
     host: str
     homeservers: tuple[Homeserver, ...]
+    delegations: tuple[Delegation, ...]
     synapse_version: str
     proxy: str
     firewall: str
@@ -253,6 +281,10 @@ def _homeserver(host: str, path: str, raw: Any, port: int) -> Homeserver:
     profile = _choice(host, f"{path}.profile", raw.get("profile", "external"), PROFILES)
     public_host = _server_name(host, f"{path}.public_host",
                                raw.get("public_host", server_name.split(":")[0]), allow_port=False)
+    discovery = _choice(host, f"{path}.discovery", raw.get("discovery", "well-known"), DISCOVERIES)
+    if discovery == "delegated" and public_host == server_name.split(":")[0]:
+        _fail(host, f"{path}.discovery", "'delegated' needs a public_host other than the server name "
+              "(the delegation host publishes the well-known that points there)")
     whitelist = _whitelist(host, f"{path}.federation_whitelist",
                            raw.get("federation_whitelist", [] if profile == "internal" else None))
     visibility = dict(VISIBILITY_DEFAULTS[profile])
@@ -269,6 +301,7 @@ def _homeserver(host: str, path: str, raw: Any, port: int) -> Homeserver:
         visibility=visibility,
         users=_users(host, f"{path}.users", raw.get("users", [])),
         synapse_extra=_synapse_extra(host, f"{path}.synapse_extra", raw.get("synapse_extra", {})),
+        discovery=discovery,
     )
 
 
@@ -337,6 +370,22 @@ def _verify(host: str, raw: Any) -> Verify:
                   dns_server, ca_file, float(timeout))
 
 
+def _delegations(host: str, value: Any) -> tuple[Delegation, ...]:
+    """Entries may omit public_host; it is filled in from the inventory's homeserver of that name."""
+    _expect(host, "delegations", value, list, "a list of {server_name, public_host} entries")
+    entries = []
+    for i, raw in enumerate(value):
+        where = f"delegations[{i}]"
+        _expect(host, where, raw, dict, "a mapping with 'server_name'")
+        _reject_unknown(host, where, raw, DELEGATION_KEYS)
+        name = _server_name(host, f"{where}.server_name", raw.get("server_name"), allow_port=False)
+        public = raw.get("public_host")
+        if public is not None:
+            _server_name(host, f"{where}.public_host", public, allow_port=False)
+        entries.append(Delegation(name, public or ""))
+    return tuple(entries)
+
+
 def _cidrs(host: str, path: str, value: Any) -> tuple[str, ...]:
     _expect(host, path, value, list, "a list of CIDR ranges")
     for i, cidr in enumerate(value):
@@ -365,8 +414,9 @@ def host_settings(host: str, data: Mapping[str, Any]) -> HostSettings:
     _expect(host, "ssh_port", ssh_port, int, "a port number")
     raws = _expect(host, "homeservers", data.get("homeservers", []), list,
                    "a list of homeserver mappings")
-    if not raws:
-        _fail(host, "homeservers", "needs at least one homeserver")
+    delegations = _delegations(host, data.get("delegations", []))
+    if not raws and not delegations:
+        _fail(host, "homeservers", "needs at least one homeserver (or 'delegations' for a delegation host)")
     ports = _ports(host, raws, ssh_port)
     homeservers = [_homeserver(host, f"homeservers[{i}]", raw, ports[i]) for i, raw in enumerate(raws)]
     names = [hs.host_name for hs in homeservers]
@@ -382,11 +432,13 @@ def host_settings(host: str, data: Mapping[str, Any]) -> HostSettings:
     return HostSettings(
         host=host,
         homeservers=tuple(homeservers),
+        delegations=delegations,
         synapse_version=version,
         proxy=_choice(host, "proxy", data.get("proxy"), PROXIES),
         firewall=_choice(host, "firewall", data.get("firewall"), FIREWALLS),
         database=_choice(host, "database", data.get("database"), DATABASES),
-        tls=_tls(host, data.get("tls", {}), [hs.host_name for hs in homeservers]),
+        tls=_tls(host, data.get("tls", {}), [hs.cert_name for hs in homeservers]
+                 + [d.server_name for d in delegations]),
         ip_range_whitelist=_cidrs(host, "ip_range_whitelist", data.get("ip_range_whitelist", [])),
         trusted_key_servers=_key_servers(host, "trusted_key_servers",
                                          data.get("trusted_key_servers")),
@@ -398,13 +450,34 @@ def host_settings(host: str, data: Mapping[str, Any]) -> HostSettings:
 
 
 def inventory_settings(hosts: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, HostSettings]:
-    """Validate every host, then what spans hosts (a server name lives on one host only)."""
+    """Validate every host, then what spans hosts (a server name lives on one host only, and a
+    delegation points at the API host of the inventory's homeserver of that name)."""
     settings = {name: host_settings(name, data) for name, data in hosts}
     owner: dict[str, str] = {}
+    by_name: dict[str, Homeserver] = {}
     for name, hs_settings in settings.items():
         for i, hs in enumerate(hs_settings.homeservers):
             if hs.host_name in owner:
                 _fail(name, f"homeservers[{i}].server_name",
                       f"{hs.server_name!r} is also deployed on host {owner[hs.host_name]}")
-            owner[hs.host_name] = name
+            owner[hs.host_name], by_name[hs.host_name] = name, hs
+    for name, hs_settings in settings.items():
+        resolved = tuple(_resolve_delegation(name, i, d, by_name) for i, d in enumerate(hs_settings.delegations))
+        settings[name] = replace(hs_settings, delegations=resolved)
     return settings
+
+
+def _resolve_delegation(host: str, i: int, delegation: Delegation, by_name: dict) -> Delegation:
+    hs = by_name.get(delegation.server_name)
+    if hs is None:
+        if not delegation.public_host:
+            _fail(host, f"delegations[{i}].public_host",
+                  f"is required: {delegation.server_name!r} is not a homeserver of this inventory")
+        return delegation
+    if hs.discovery != "delegated":
+        _fail(host, f"delegations[{i}].server_name", f"{delegation.server_name!r} publishes its own "
+              f"discovery ({hs.discovery}); set its discovery: delegated")
+    if delegation.public_host and delegation.public_host != hs.public_host:
+        _fail(host, f"delegations[{i}].public_host",
+              f"{delegation.public_host!r} differs from the homeserver's public_host {hs.public_host!r}")
+    return Delegation(delegation.server_name, hs.public_host)

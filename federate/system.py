@@ -15,7 +15,9 @@ APT_LOCK_TIMEOUT = 'DPkg::Lock::Timeout "300";\n'
 
 
 def wanted_packages(settings: HostSettings) -> list[str]:
-    wanted = ["python3-venv", "curl", settings.proxy, settings.firewall]
+    wanted = ["curl", settings.proxy, settings.firewall]
+    if settings.homeservers:
+        wanted.append("python3-venv")
     if settings.tls.mode == "acme":
         wanted.append("certbot")
     if settings.database == "postgres":

@@ -17,11 +17,18 @@ LETSENCRYPT_LIVE = "/etc/letsencrypt/live"
 
 def certificate_paths(settings: HostSettings, hs: Homeserver) -> tuple[str, str]:
     """(certificate chain, private key) the proxy uses for this homeserver's names."""
-    if settings.tls.mode == "acme":
-        base = f"{LETSENCRYPT_LIVE}/{hs.host_name}"
-        return f"{base}/fullchain.pem", f"{base}/privkey.pem"
-    base = f"{paths.PROVIDED_TLS_ROOT}/{hs.host_name}"
+    return certificate_paths_for(settings, hs.cert_name)
+
+
+def certificate_paths_for(settings: HostSettings, cert_name: str) -> tuple[str, str]:
+    base = f"{LETSENCRYPT_LIVE if settings.tls.mode == 'acme' else paths.PROVIDED_TLS_ROOT}/{cert_name}"
     return f"{base}/fullchain.pem", f"{base}/privkey.pem"
+
+
+def wanted_certificates(settings: HostSettings) -> list[tuple[str, list[str]]]:
+    """(certificate name, the DNS names it covers) for every site this host serves."""
+    return ([(hs.cert_name, list(hs.proxy_names)) for hs in settings.homeservers]
+            + [(d.server_name, [d.server_name]) for d in settings.delegations])
 
 
 @operation()
@@ -49,17 +56,17 @@ def certificates(settings: HostSettings, reload_command: str):
     ops = []
     if settings.tls.mode == "acme":
         apt.packages(name="certbot", packages=["certbot"])
-        for hs in host.loop(settings.homeservers):
-            ops.append(acme_certificate(name=f"{hs.server_name}: ACME certificate", names=list(hs.proxy_names),
-                             cert_name=hs.host_name, directory=settings.tls.acme_directory,
-                             email=settings.tls.email, webroot=paths.ACME_WEBROOT,
-                             reload_command=reload_command))
+        for cert_name, names in host.loop(wanted_certificates(settings)):
+            ops.append(acme_certificate(name=f"{cert_name}: ACME certificate", names=names,
+                                        cert_name=cert_name, directory=settings.tls.acme_directory,
+                                        email=settings.tls.email, webroot=paths.ACME_WEBROOT,
+                                        reload_command=reload_command))
         return ops
-    for hs in host.loop(settings.homeservers):
-        given = settings.tls.certificates[hs.host_name]
-        cert, key = certificate_paths(settings, hs)
-        ops.append(files.put(name=f"{hs.server_name}: certificate", src=given["cert"], dest=cert,
+    for cert_name, _ in host.loop(wanted_certificates(settings)):
+        given = settings.tls.certificates[cert_name]
+        cert, key = certificate_paths_for(settings, cert_name)
+        ops.append(files.put(name=f"{cert_name}: certificate", src=given["cert"], dest=cert,
                              mode="644", create_remote_dir=True))
-        ops.append(files.put(name=f"{hs.server_name}: private key", src=given["key"], dest=key,
+        ops.append(files.put(name=f"{cert_name}: private key", src=given["key"], dest=key,
                              mode="600", create_remote_dir=True))
     return ops

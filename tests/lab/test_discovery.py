@@ -1,0 +1,103 @@
+"""Issue (production variants), on a lab of its own: SQLite homeservers found through a delegation
+host and through an SRV record, federating across hosts; zero-change re-run; switch refused."""
+
+from __future__ import annotations
+
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from federate import prove
+from federate.check import check_server
+from federate.lab import Lab
+from federate.lab.runner import REPO_ROOT, json_totals, run_deploy, write_inventory
+
+pytestmark = pytest.mark.lab
+
+TOPOLOGY = {
+    "hosts": {
+        "hs1": {"homeservers": [{"server_name": "gamma.test", "public_host": "matrix.gamma.test",
+                                 "discovery": "delegated", "users": [{"localpart": "gina"}]}],
+                "host_data": {"database": "sqlite"}},
+        "hs2": {"homeservers": [{"server_name": "delta.test", "public_host": "matrix.delta.test",
+                                 "discovery": "srv", "users": [{"localpart": "dan"}]}],
+                "host_data": {"database": "sqlite"}},
+        "web": {"homeservers": [], "host_data": {"delegations": [{"server_name": "gamma.test"}]}},
+    },
+    "extra_names": {"gamma.test": "web"},  # the bare domain is the plain web host's
+    "srv": [{"name": "_matrix-fed._tcp.delta.test", "target": "matrix.delta.test", "port": 8448}],
+}
+
+
+@pytest.fixture(scope="module")
+def variant():
+    lab = Lab(f"d{os.getpid() % 100000}", root=REPO_ROOT)
+    try:
+        info = lab.up(TOPOLOGY)
+        result = run_deploy(info["inventory"])
+        assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
+        yield info, result
+    finally:
+        lab.down()
+
+
+def test_deploy_prints_the_dns_records_to_create(variant):
+    info, result = variant
+    output = result.stdout + result.stderr
+    web, hs2 = info["hosts"]["web"]["address"], info["hosts"]["hs2"]["address"]
+    assert f"DNS record needed: gamma.test. IN A {web}" in output
+    assert f"DNS record needed: matrix.delta.test. IN A {hs2}" in output
+    assert "DNS record needed: _matrix-fed._tcp.delta.test. IN SRV 10 0 8448 matrix.delta.test." in output
+
+
+def test_delegation_host_leads_to_the_api_host(variant):
+    info, _ = variant
+    report = check_server("gamma.test", dns_server=info["dns"], ca_file=info["ca_file"])
+    assert report["FederationOK"], report.get("Error") or report.get("Hints")
+    assert report["WellKnownResult"]["m.server"] == "matrix.gamma.test:443"
+
+
+def test_srv_record_alone_is_enough(variant):
+    info, _ = variant
+    report = check_server("delta.test", dns_server=info["dns"], ca_file=info["ca_file"])
+    assert report["FederationOK"], report.get("Error") or report.get("Hints")
+    assert not report["WellKnownResult"].get("m.server")  # no server well-known at all
+    assert report["DNSResult"]["SRVRecords"], report["DNSResult"]
+
+
+def test_room_across_hosts_through_both_discoveries(variant):
+    info, _ = variant
+    check = prove.federation_room_check(prove.load_settings(info["inventory"]), info["dns"], info["ca_file"], 2)
+    assert check.ok, check.line()
+
+
+def test_delegation_host_runs_no_synapse_and_opens_only_web_ports(variant):
+    info, _ = variant
+    address = info["hosts"]["web"]["address"]
+
+    def is_open(port):
+        with socket.socket() as sock:
+            sock.settimeout(1.0)
+            return port if sock.connect_ex((address, port)) == 0 else None
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        open_ports = {p for p in pool.map(is_open, list(range(1, 1025)) + [8008, 8448]) if p}
+    assert open_ports == {22, 80, 443}
+
+
+def test_second_run_changes_nothing(variant):
+    info, _ = variant
+    assert json_totals(run_deploy(info["inventory"], "--json"))["success"] == 0
+
+
+def test_switching_sqlite_to_postgres_is_refused(variant, tmp_path):
+    info, _ = variant
+
+    def to_postgres(hosts):
+        dict(hosts)["hs2"]["database"] = "postgres"
+    result = run_deploy(write_inventory(tmp_path / "inventory.py", info["inventory"], to_postgres))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "host hs2: homeservers[0] (delta.test): database: this homeserver has a SQLite database" in output
+    assert "Starting operation" not in output and "Traceback" not in output
