@@ -27,6 +27,8 @@ DEFAULT_TOPOLOGY = {
 }
 
 ACME_EMAIL = "admin@lab.test"
+# The lab CA bundle (lab CA + pebble's roots) lives in the lab's state dir, beside its SSH key.
+CA_BUNDLE = "ca_bundle.pem"
 
 
 def load_topology(source: str | Path | dict | None) -> dict:
@@ -82,7 +84,9 @@ def acme_directory(bridge_ip: str) -> str:
 
 
 def inventory_hosts(topology: dict, addresses: dict[str, str], *, ssh_key: Path, known_hosts: Path,
-                    bridge_ip: str, subnet: str, secrets_dir: Path) -> list[tuple[str, dict]]:
+                    bridge_ip: str, subnet: str, secrets_dir: Path,
+                    ca_file: Path | None = None) -> list[tuple[str, dict]]:
+    ca_file = Path(ca_file) if ca_file else Path(ssh_key).with_name(CA_BUNDLE)
     hosts = []
     for host, spec in topology["hosts"].items():
         data = {
@@ -93,6 +97,8 @@ def inventory_hosts(topology: dict, addresses: dict[str, str], *, ssh_key: Path,
             "ip_range_whitelist": [subnet],
             "trusted_key_servers": [],
             "secrets_dir": str(secrets_dir),  # user passwords stay with this lab's state
+            # the after-deploy federation check asks the lab DNS and trusts the lab CAs
+            "verify": {"dns_server": bridge_ip, "ca_file": str(ca_file.absolute())},
         }
         data.update(copy.deepcopy(spec.get("host_data", {})))  # optional per-host overrides
         hosts.append((host, data))

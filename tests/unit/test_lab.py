@@ -213,6 +213,7 @@ def test_inventory_is_valid_python_with_absolute_paths(tmp_path):
                           "email": topology.ACME_EMAIL}
     assert hs1["ip_range_whitelist"] == ["10.1.2.0/24"] and hs1["trusted_key_servers"] == []
     assert hs1["secrets_dir"] == str(tmp_path / "secrets")
+    assert hs1["verify"] == {"dns_server": "10.1.2.1", "ca_file": str(tmp_path / "ca_bundle.pem")}
 
 
 # --- files inside a host -------------------------------------------------------------------------
