@@ -10,6 +10,7 @@ from pathlib import Path
 
 from federate.check import add_check_parser
 from federate.prove import add_prove_parser
+from federate.verify import add_verify_parser
 
 
 def _print(message: str) -> None:
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_lab_parser(subparsers)
     add_prove_parser(subparsers)
     add_check_parser(subparsers)
+    add_verify_parser(subparsers)
     return parser
 
 

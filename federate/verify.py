@@ -1,0 +1,216 @@
+"""`federate verify INVENTORY` and the federation check at the end of every deploy.
+
+Each homeserver of the inventory is checked from the controller with `federate check`
+(federate.check.check_server) and compared with what its settings promise:
+
+- `open` (no federation_whitelist): other servers must be able to federate with it;
+- `closed` (an empty whitelist): it must NOT answer federation (no keys, no version);
+- `whitelist` (a non-empty whitelist): it must be reachable for its partners; that Synapse then
+  talks only to the listed servers is its federation_domain_whitelist, which no outside check sees.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import asdict, dataclass, field
+
+from pyinfra import host, logger
+from pyinfra.api import deploy, operation
+from pyinfra.api.exceptions import OperationError
+from pyinfra.context import state
+
+from federate.check import check_server
+from federate.checker.hints import ERROR, WARNING
+from federate.probe import split_host_port
+from federate.settings import Homeserver, HostSettings
+
+OPEN, CLOSED, WHITELIST = "open", "closed", "whitelist"
+
+UNEXPECTEDLY_OPEN_FIX = (
+    "An empty federation_whitelist means no federation: re-run the deploy (it gives the homeserver no "
+    "federation listener and no port 8448), and look for hand edits of homeserver.yaml or the nginx "
+    "site that expose /_matrix/key and /_matrix/federation.")
+
+
+@dataclass
+class Result:
+    server_name: str
+    host: str
+    expected: str  # open, closed or whitelist
+    ok: bool
+    summary: str
+    hints: list[dict] = field(default_factory=list)  # of the failing checks: {check, level, problem, fix}
+    report: dict | None = None  # the full `federate check` report
+
+    def line(self) -> str:
+        return f"[{'PASS' if self.ok else 'FAIL'}] {self.server_name} on {self.host}, " \
+               f"expected {self.expected}: {self.summary}"
+
+    def text(self) -> str:
+        lines = [self.line()]
+        for entry in self.hints:
+            lines.append(f"    - [{entry['level'].upper()}] {entry['check']}: {entry['problem']}")
+            lines.append(f"      fix: {entry['fix']}")
+        return "\n".join(lines)
+
+
+def expectation(hs: Homeserver) -> str:
+    if hs.federation_whitelist is None:
+        return OPEN
+    return WHITELIST if hs.federation_whitelist else CLOSED
+
+
+def verify_settings(all_settings: dict[str, HostSettings], dns_server: str | None = None,
+                    ca_file: str | None = None, timeout: float | None = None) -> list[Result]:
+    """One Result per homeserver of the inventory; DNS server, CA file and timeout default to each
+    host's `verify` settings."""
+    return [result for settings in all_settings.values()
+            for result in verify_host(settings, dns_server, ca_file, timeout)]
+
+
+def verify_host(settings: HostSettings, dns_server: str | None = None, ca_file: str | None = None,
+                timeout: float | None = None) -> list[Result]:
+    options = {"dns_server": dns_server or settings.verify.dns_server,
+               "ca_file": ca_file or settings.verify.ca_file,
+               "timeout": timeout if timeout is not None else settings.verify.timeout}
+    return [verify_homeserver(settings, hs, **options) for hs in settings.homeservers]
+
+
+def verify_homeserver(settings: HostSettings, hs: Homeserver, **options) -> Result:
+    expected = expectation(hs)
+    try:
+        report = check_server(hs.server_name, **options)
+    except Exception as error:  # a check that cannot run is a failure, whatever was expected
+        return Result(hs.server_name, settings.host, expected, False,
+                      f"the check could not run: {type(error).__name__}: {error}")
+    result = Result(hs.server_name, settings.host, expected, False, "", report=report)
+    answered = where_answered(report)
+    if expected == CLOSED:
+        result.ok = not report["FederationOK"]
+        if result.ok:
+            result.summary = f"closed as expected: no federation answer ({why_not(report)})"
+        else:
+            result.summary = f"unexpectedly open: {answered} although its federation_whitelist is empty"
+            result.hints = [{"check": "policy", "level": ERROR, "name": "unexpectedly-open",
+                             "problem": f"{hs.server_name} answers federation: {answered}",
+                             "fix": UNEXPECTEDLY_OPEN_FIX}]
+        return result
+    result.ok = report["FederationOK"]
+    if not result.ok:
+        result.summary = f"federation FAILED: {why_not(report)}"
+        result.hints = failing_hints(report, settings.ip_range_whitelist)
+    elif expected == WHITELIST:
+        result.summary = (f"reachable for its partners: {answered}; Synapse's policy allows only "
+                          f"{', '.join(hs.federation_whitelist)} (its federation_domain_whitelist)")
+    else:
+        result.summary = f"federation OK: {answered}"
+    return result
+
+
+def where_answered(report: dict) -> str:
+    """'Synapse 1.2.3 at 10.0.0.1:443' for the addresses whose keys and TLS passed."""
+    good = [addr for addr, c in report["ConnectionReports"].items() if c["Checks"]["AllChecksOK"]]
+    version = report["Version"]
+    software = "no version" if "error" in version else f"{version['name']} {version['version']}"
+    return f"{software} at {', '.join(good) or 'no address'}"
+
+
+def why_not(report: dict) -> str:
+    """The first reason federation fails: the most telling hint, else the resolution error."""
+    errors = [h for h in report.get("Hints", []) if h["level"] == ERROR]
+    if errors:
+        return f"{errors[0]['check']}: {errors[0]['problem']}"
+    if report["Error"]:
+        return report["Error"]
+    for addr, connection in report["ConnectionReports"].items():
+        for error in connection["Errors"]:
+            return f"{addr} {error['Message']}"
+    return "no address passed the checks"
+
+
+def failing_hints(report: dict, ip_range_whitelist=()) -> list[dict]:
+    """Errors and warnings of a report; a private address is no warning when the host's own
+    ip_range_whitelist lists its range (a private federation, as in the lab)."""
+    ranges = [ipaddress.ip_network(cidr, strict=False) for cidr in ip_range_whitelist]
+
+    def whitelisted(entry: dict) -> bool:
+        if entry["name"] != "private-address":
+            return False
+        address = ipaddress.ip_address(split_host_port(entry["problem"].split(" ", 1)[0])[0])
+        return any(address.version == r.version and address in r for r in ranges)
+
+    return [{key: entry[key] for key in ("check", "level", "name", "problem", "fix")}
+            for entry in report.get("Hints", [])
+            if entry["level"] in (ERROR, WARNING) and not whitelisted(entry)]
+
+
+def format_results(results: list[Result]) -> str:
+    hosts = {r.host for r in results}
+    lines = [f"federate verify: {len(results)} homeservers on {len(hosts)} hosts"]
+    lines += ["  " + r.text().replace("\n", "\n  ") for r in results]
+    failed = [r for r in results if not r.ok]
+    lines.append(f"{len(results) - len(failed)} as expected, {len(failed)} failed")
+    return "\n".join(lines)
+
+
+# --- after each deploy -------------------------------------------------------------------------
+
+@operation()
+def federation_verified(settings: HostSettings):
+    """The homeservers of this host federate as their settings say, checked from the controller.
+
+    It runs at execution time, after the host's other operations, and changes nothing: a
+    converged run still reports 0 changes. A failure stops the run with the report.
+    """
+    names = ", ".join(hs.server_name for hs in settings.homeservers)
+    if not state.is_executing:  # planning, --dry: nothing is deployed yet to check
+        host.noop(f"federation check of {names} runs after the deploy")
+        return
+    results = verify_host(settings)
+    for result in results:
+        logger.info(f"{host.print_prefix}{result.line()}")
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise OperationError(f"federation check failed on {settings.host} for "
+                             f"{', '.join(r.server_name for r in failed)}:\n"
+                             + "\n".join(r.text() for r in failed)
+                             + "\n(`federate verify INVENTORY` repeats the check; `verify: {after_deploy: "
+                               "false}` turns it off)")
+    host.noop(f"federation verified: {names}")
+    yield from ()
+
+
+@deploy("Federation check")
+def after_deploy(settings: HostSettings):
+    if settings.verify.after_deploy and settings.homeservers:
+        federation_verified(name="Federation check", settings=settings)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+def add_verify_parser(subparsers):
+    parser = subparsers.add_parser(
+        "verify", help="check every homeserver of an inventory against its federation settings")
+    parser.add_argument("inventory", metavar="INVENTORY", help="the pyinfra inventory file the deploy used")
+    parser.add_argument("--dns-server", metavar="IP", help="ask this DNS server (default: each host's "
+                        "verify.dns_server, else the system's)")
+    parser.add_argument("--ca-file", metavar="PEM", help="trust these CAs (default: each host's "
+                        "verify.ca_file, else the system's)")
+    parser.add_argument("--timeout", metavar="S", type=float, help="seconds per connection "
+                        "(default: each host's verify.timeout)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.set_defaults(handler=verify_command)
+    return parser
+
+
+def verify_command(args) -> int:
+    from federate.prove import load_settings  # the clients it imports are not needed for the deploy
+
+    results = verify_settings(load_settings(args.inventory), args.dns_server, args.ca_file, args.timeout)
+    ok = all(r.ok for r in results)
+    if args.json:
+        print(json.dumps({"ok": ok, "results": [asdict(r) for r in results]}, indent=2))
+    else:
+        print(format_results(results))
+    return 0 if ok else 1
