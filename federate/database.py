@@ -15,10 +15,9 @@ from pyinfra import host
 from pyinfra.api import FactBase, deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import postgres, systemd
-from pyinfra.operations.util import any_changed
 
 from federate import paths
-from federate.ops import config_file
+from federate.ops import changed_or_owed, config_file, pending_marker, settled
 from federate.settings import Homeserver, HostSettings
 from federate.templates import render
 
@@ -102,14 +101,16 @@ def configure(settings: HostSettings):
     version = host.get_fact(PostgresVersion) or "15"
     conf = f"/etc/postgresql/{version}/main"
     roles = [role_name(hs) for hs in settings.homeservers]
+    reload = pending_marker("reload-postgresql")
     ident = config_file(name="pg_ident.conf: matrix-synapse may log in as each homeserver's role",
-                        dest=f"{conf}/pg_ident.conf", user="postgres", group="postgres", mode="640",
+                        dest=f"{conf}/pg_ident.conf", user="postgres", group="postgres", mode="640", owes=reload,
                         content=render("pg_ident.conf.j2", map=IDENT_MAP, os_user=paths.SYNAPSE_USER, roles=roles))
     hba = config_file(name="pg_hba.conf: peer login through the map for Synapse's databases",
-                      dest=f"{conf}/pg_hba.conf", user="postgres", group="postgres", mode="640",
+                      dest=f"{conf}/pg_hba.conf", user="postgres", group="postgres", mode="640", owes=reload,
                       content=render("pg_hba.conf.j2", map=IDENT_MAP, roles=roles))
     systemd.service(name="PostgreSQL: reload on change", service="postgresql", running=True,
-                    reloaded=True, _if=any_changed(ident, hba))
+                    reloaded=True, _if=changed_or_owed([ident, hba], reload))
+    settled(name="PostgreSQL: reload done", marker=reload)
     systemd.service(name="PostgreSQL: running and enabled", service="postgresql", running=True, enabled=True)
     for hs in host.loop(settings.homeservers):
         postgres.role(name=f"{hs.server_name}: database role", role=role_name(hs), login=True,

@@ -18,6 +18,29 @@ from pyinfra.facts.files import File, Sha1File
 from federate.paths import UPLOAD_TMP
 
 
+PENDING_DIR = "/var/lib/federate/pending"
+
+
+def pending_marker(action: str) -> str:
+    """A file that says `action` (a restart, a reload) is owed: written before the change that
+    needs it, removed after it ran, so a run cut in between is finished by the next one."""
+    return f"{PENDING_DIR}/{action}"
+
+
+def _owe(markers) -> list[StringCommand]:
+    markers = [markers] if isinstance(markers, str) else list(markers or ())
+    if not markers:
+        return []
+    return [StringCommand(f"mkdir -p {PENDING_DIR} && touch " + " ".join(shlex.quote(m) for m in markers))]
+
+
+def changed_or_owed(ops: list, marker: str):
+    """An `_if` condition: one of `ops` changed something, or an earlier run left `marker`."""
+    def condition() -> bool:
+        return any(op.did_change() for op in ops) or host.get_fact(PathExists, path=marker)
+    return condition
+
+
 class PathExists(FactBase):
     """Whether anything exists at a path, following symlinks (certbot's live/ files are links)."""
 
@@ -50,7 +73,7 @@ class HttpStatus(FactBase):
 
 @operation()
 def config_file(dest: str, content: str, user: str = "root", group: str = "root", mode: str = "644",
-                check: str | None = None, check_in_place: bool = False):
+                check: str | None = None, check_in_place: bool = False, owes: str | list[str] = ()):
     """Write a text file's content atomically, checked before it can go live.
 
     The content goes to a temporary file beside `dest` (with the wanted owner and mode) and is
@@ -58,12 +81,13 @@ def config_file(dest: str, content: str, user: str = "root", group: str = "root"
     `check` (with {path}) validates the temporary file; with `check_in_place` it runs after the
     rename (for checkers such as `nginx -t` that read a whole config tree) and the previous file
     is put back when it fails. Only a content change counts here, so services restart only for
-    that; `file_attributes` repairs owner and mode drift.
+    that; `file_attributes` repairs owner and mode drift. `owes` names the pending markers
+    written before the new file goes live (see `pending_marker`).
     """
     current = host.get_fact(File, path=dest)
     wanted_sha1 = hashlib.sha1(content.encode()).hexdigest()
     if not current or host.get_fact(Sha1File, path=dest) != wanted_sha1:
-        yield from _replace_file(dest, content, user, group, mode, check, check_in_place)
+        yield from _replace_file(dest, content, user, group, mode, check, check_in_place, owes)
 
 
 @operation()
@@ -81,7 +105,7 @@ def _repair_owner_and_mode(path: str, current: dict, user: str, group: str, mode
         yield StringCommand(f"chmod {mode} {shlex.quote(path)}")
 
 
-def _replace_file(dest, content, user, group, mode, check, check_in_place):
+def _replace_file(dest, content, user, group, mode, check, check_in_place, owes):
     tmp, old = shlex.quote(f"{dest}.federate-new"), shlex.quote(f"{dest}.federate-old")
     quoted = shlex.quote(dest)
     # mkdir -p leaves an existing parent's mode alone (install -d would reset it)
@@ -91,6 +115,7 @@ def _replace_file(dest, content, user, group, mode, check, check_in_place):
     yield StringCommand(f"chown {user}:{group} {tmp} && chmod {mode} {tmp}")
     if check and not check_in_place:
         yield StringCommand(f"{check.format(path=tmp)} || {{ rm -f {tmp}; exit 1; }}")
+    yield from _owe(owes)
     if check and check_in_place:
         yield StringCommand(
             f"{{ [ ! -e {quoted} ] || cp -a {quoted} {old}; }} && mv -f {tmp} {quoted} && "
@@ -166,9 +191,10 @@ def venv_usable(venv: str):
 
 
 @operation()
-def venv_consistent(venv: str, requirement: str):
+def venv_consistent(venv: str, requirement: str, owes: list[str] = ()):
     """Reinstall when a package of the venv went missing or broken (pip check, import)."""
     if host.get_fact(VenvState, venv=venv) == "inconsistent":
+        yield from _owe(owes)
         pip = f"{shlex.quote(venv)}/bin/python -m pip"
         yield StringCommand(f"{pip} install --force-reinstall --no-deps {shlex.quote(requirement)}"
                             f" && {pip} install {shlex.quote(requirement)}")
@@ -200,6 +226,20 @@ class InstalledSynapse(FactBase):
     def process(self, output):
         value = "".join(output).strip()
         return None if value == "none" else value
+
+
+@operation()
+def owed_before_install(venv: str, version: str, owes: list[str]):
+    """Before the venv changes version, note the restarts that change will owe."""
+    if host.get_fact(InstalledSynapse, venv=venv) not in (None, version):
+        yield from _owe(owes)
+
+
+@operation()
+def settled(marker: str):
+    """The owed action ran: forget it."""
+    if host.get_fact(PathExists, path=marker):
+        yield StringCommand(f"rm -f {shlex.quote(marker)}")
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

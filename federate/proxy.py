@@ -6,11 +6,10 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import FindFiles
 from pyinfra.operations import apt, files, systemd
-from pyinfra.operations.util import any_changed
 
 from federate import paths, wellknown
 from federate.settings import Delegation, Homeserver, HostSettings
-from federate.ops import config_file, file_attributes
+from federate.ops import changed_or_owed, config_file, file_attributes, pending_marker, settled
 from federate.templates import render
 from federate.tls import certificate_paths, certificate_paths_for
 
@@ -43,10 +42,14 @@ def wanted_sites(settings: HostSettings) -> dict[str, str]:
     return sites
 
 
+RELOAD = pending_marker("reload-nginx")
+
+
 def _reload_if(*ops):
     systemd.service(name="nginx: reload on change", service="nginx", running=True,
-                    reloaded=True, _if=any_changed(*ops))
+                    reloaded=True, _if=changed_or_owed(list(ops), RELOAD))
     systemd.service(name="nginx: running and enabled", service="nginx", running=True, enabled=True)
+    settled(name="nginx: reload done", marker=RELOAD)
 
 
 @deploy("Proxy: port 80")
@@ -55,7 +58,7 @@ def http_site(settings: HostSettings):
     removed = files.link(name="Debian's default site off", path="/etc/nginx/sites-enabled/default",
                          present=False)
     webroot = files.directory(name="ACME webroot", path=paths.ACME_WEBROOT, mode="755")
-    site = config_file(name="Port 80 site", dest=HTTP_SITE, check=NGINX_CHECK, check_in_place=True,
+    site = config_file(name="Port 80 site", dest=HTTP_SITE, check=NGINX_CHECK, check_in_place=True, owes=RELOAD,
                        content=render("federate-http.conf.j2", acme_webroot=paths.ACME_WEBROOT))
     file_attributes(name="Port 80 site owner and mode", path=HTTP_SITE, user="root", group="root", mode="644")
     _reload_if(removed, webroot, site)
@@ -68,7 +71,7 @@ def homeserver_sites(settings: HostSettings, certificate_ops: list):
     for path, content in host.loop(sorted(sites.items())):
         label = path.rsplit("/federate-", 1)[1].removesuffix(".conf")
         ops.append(config_file(name=f"{label}: site", dest=path, check=NGINX_CHECK, check_in_place=True,
-                               content=content))
+                               content=content, owes=RELOAD))
         file_attributes(name=f"{label}: site owner and mode", path=path, user="root", group="root", mode="644")
     # Sites of homeservers no longer in the settings would keep answering: remove them.
     wanted = set(sites) | {HTTP_SITE}

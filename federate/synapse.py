@@ -10,17 +10,21 @@ import yaml
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, pip, server, systemd
-from pyinfra.operations.util import any_changed
 
 from federate import paths
 from federate.database import database_config, database_ref, driver_requirements
 from federate.hostscripts import source
-from federate.ops import (DowngradeVerdict, InstalledSynapse, config_file, file_attributes, generated_once,
-                          matrix_user, venv_consistent, venv_usable, version_tuple)
+from federate.ops import (DowngradeVerdict, InstalledSynapse, changed_or_owed, config_file, file_attributes,
+                          generated_once, matrix_user, owed_before_install, pending_marker, settled,
+                          venv_consistent, venv_usable, version_tuple)
 from federate.settings import Homeserver, HostSettings
 from federate.templates import render
 
 SECRET_KEYS = ("registration_shared_secret", "macaroon_secret_key", "form_secret")
+
+
+def restart_marker(hs: Homeserver) -> str:
+    return pending_marker(f"restart-{paths.unit(hs.server_name)}")
 
 
 def homeserver_config(settings: HostSettings, hs: Homeserver) -> dict[str, Any]:
@@ -116,7 +120,11 @@ def install_synapse(settings: HostSettings):
     server.user(name="Service user", user=paths.SYNAPSE_USER, system=True,
                 home=paths.DATA_ROOT, shell="/usr/sbin/nologin")
     requirement = f"matrix-synapse=={settings.synapse_version}"
+    restarts = [restart_marker(hs) for hs in settings.homeservers]
+    daemon_reload = pending_marker("systemd-daemon-reload")
     removed = venv_usable(name="Remove a venv an interrupted run left unusable", venv=paths.VENV)
+    owed_before_install(name="Note the restarts a new Synapse version owes", venv=paths.VENV,
+                        version=settings.synapse_version, owes=restarts)
     venv = pip.packages(
         name=f"matrix-synapse {settings.synapse_version} in {paths.VENV}",
         packages=[requirement, *driver_requirements(settings)],
@@ -124,12 +132,13 @@ def install_synapse(settings: HostSettings):
         virtualenv_kwargs={"venv": True, "python": "python3"},
     )
     repaired = venv_consistent(name="Reinstall packages missing from the venv", venv=paths.VENV,
-                               requirement=requirement)
+                               requirement=requirement, owes=restarts)
     unit = config_file(name="Templated systemd unit", dest=paths.UNIT_TEMPLATE,
-                       content=render("matrix-synapse@.service.j2", paths=paths))
+                       content=render("matrix-synapse@.service.j2", paths=paths), owes=[daemon_reload, *restarts])
     file_attributes(name="Unit file owner and mode", path=paths.UNIT_TEMPLATE, user="root", group="root",
                     mode="644")
-    systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
+    systemd.daemon_reload(name="Reload systemd units", _if=changed_or_owed([unit], daemon_reload))
+    settled(name="Unit reload done", marker=daemon_reload)
     for hs in host.loop(settings.homeservers):
         _homeserver(settings, hs, changed_before=[removed, venv, repaired, unit])
 
@@ -152,16 +161,18 @@ def _homeserver(settings: HostSettings, hs: Homeserver, changed_before: list):
         file_attributes(name=f"{name}: owner and mode of {path.rsplit('/', 1)[1]}", path=path,
                         user=user, group=user, mode="600")
     # Synapse's own parser checks the new file before it replaces the old one.
-    config = config_file(name=f"{name}: homeserver.yaml", dest=paths.homeserver_yaml(name),
+    restart = restart_marker(hs)
+    config = config_file(name=f"{name}: homeserver.yaml", dest=paths.homeserver_yaml(name), owes=restart,
                          content=render_homeserver_yaml(settings, hs), user=user, group=user, mode="600",
                          check=f"{paths.VENV}/bin/python -m synapse.config --config-path={{path}}"
                                f" --config-path={paths.secrets_yaml(name)} >/dev/null")
     file_attributes(name=f"{name}: homeserver.yaml owner and mode", path=paths.homeserver_yaml(name),
                     user=user, group=user, mode="600")
     systemd.service(name=f"{name}: restart on change", service=paths.unit(name), running=True,
-                    restarted=True, _if=any_changed(config, key, secret, *changed_before))
+                    restarted=True, _if=changed_or_owed([config, key, secret, *changed_before], restart))
     systemd.service(name=f"{name}: running and enabled", service=paths.unit(name),
                     running=True, enabled=True)
+    settled(name=f"{name}: restart done", marker=restart)
     local_url = f"http://127.0.0.1:{hs.port}"
     for user_entry in host.loop(hs.users):
         matrix_user(

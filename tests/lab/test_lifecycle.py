@@ -154,7 +154,9 @@ def test_downgrade_the_database_cannot_take_is_refused(solo, tmp_path):
 
 
 def test_firewall_keeps_a_non_default_ssh_port_open(solo, tmp_path):
-    solo.check("printf 'Port 22\\nPort 2222\\n' > /etc/ssh/sshd_config.d/federate-test.conf && systemctl restart ssh")
+    # The admin moves SSH to 2222 and opens it, as they must before connecting on it.
+    solo.check("printf 'Port 22\\nPort 2222\\n' > /etc/ssh/sshd_config.d/federate-test.conf"
+               " && systemctl restart ssh && ufw allow 2222/tcp")
     known = solo.info["known_hosts"]
     lines = [line for line in open(known).read().splitlines() if line.startswith(solo.address + " ")]
     with open(known, "a") as handle:  # the same host keys, as seen on port 2222
