@@ -24,6 +24,7 @@ demo: system-deps $(BIN)/federate
 	$(BIN)/federate lab up
 	$(BIN)/pyinfra .lab/inventory.py deploy.py -y
 	$(BIN)/federate prove
+	$(BIN)/federate verify .lab/inventory.py
 	@echo
 	@echo "The lab is still running: 'make lab-status' shows it, 'make lab-down' removes it."
 

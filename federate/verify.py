@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import time
 from dataclasses import asdict, dataclass, field
 
 from pyinfra import host, logger
@@ -26,6 +27,7 @@ from federate.probe import split_host_port
 from federate.settings import Homeserver, HostSettings
 
 OPEN, CLOSED, WHITELIST = "open", "closed", "whitelist"
+SETTLE_SECONDS = 6  # after-deploy only: how long a failure may be a reload still settling
 
 UNEXPECTEDLY_OPEN_FIX = (
     "An empty federation_whitelist means no federation: re-run the deploy (it gives the homeserver no "
@@ -105,6 +107,10 @@ def verify_homeserver(settings: HostSettings, hs: Homeserver, **options) -> Resu
                           f"{', '.join(hs.federation_whitelist)} (its federation_domain_whitelist)")
     else:
         result.summary = f"federation OK: {answered}"
+    if result.ok:  # federation works, e.g. through a fallback, but something is still wrong
+        result.hints = [h for h in failing_hints(report, settings.ip_range_whitelist) if h["level"] == ERROR]
+        if result.hints:
+            result.summary += f"; but {result.hints[0]['check']}: {result.hints[0]['problem']}"
     return result
 
 
@@ -168,6 +174,12 @@ def federation_verified(settings: HostSettings):
         host.noop(f"federation check of {names} runs after the deploy")
         return
     results = verify_host(settings)
+    # nginx's reload returns before its new workers answer: a failure right after the deploy is
+    # checked again for a few seconds before it counts.
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while not all(r.ok for r in results) and time.monotonic() < deadline:
+        time.sleep(1)
+        results = verify_host(settings)
     for result in results:
         logger.info(f"{host.print_prefix}{result.line()}")
     failed = [r for r in results if not r.ok]
@@ -184,7 +196,7 @@ def federation_verified(settings: HostSettings):
 @deploy("Federation check")
 def after_deploy(settings: HostSettings):
     if settings.verify.after_deploy and settings.homeservers:
-        federation_verified(name="Federation check", settings=settings)
+        federation_verified(name="from the controller", settings=settings)
 
 
 # --- command line ------------------------------------------------------------------------------

@@ -122,3 +122,14 @@ def test_command_exit_status_and_json(answers, tmp_path, capsys):
     assert document["ok"] is False
     assert [(r["server_name"], r["expected"], r["ok"]) for r in document["results"]] == [
         ("a.test", "open", True), ("i.test", "closed", False)]
+
+
+def test_errors_beside_a_working_federation_are_shown_but_do_not_fail(answers):
+    given, _ = answers
+    invalid = hint("well-known-invalid", "error", server_name="a.test", result="well-known is not valid JSON")
+    given["a.test"] = report("a.test", True, [invalid])
+    [result] = verify.verify_settings(settings({"server_name": "a.test"}))
+    assert result.ok and [h["name"] for h in result.hints] == ["well-known-invalid"]
+    assert result.summary.endswith("; but well-known: https://a.test/.well-known/matrix/server is unusable: "
+                                   "well-known is not valid JSON. Other servers ignore it and fall back to "
+                                   "SRV records and port 8448.")
