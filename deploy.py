@@ -2,7 +2,7 @@
 
 from pyinfra import host, inventory
 
-from federate import database, dns, firewall, proxy, synapse, system, tls
+from federate import database, dns, firewall, proxy, synapse, system, tls, verify
 from federate.inventory import refuse, settings_for
 
 settings = settings_for(inventory, host)
@@ -18,3 +18,4 @@ if settings.homeservers:  # a delegation host only publishes well-known files
     database.configure(settings)
     synapse.install_synapse(settings)
 proxy.homeserver_sites(settings, certificate_ops)
+verify.after_deploy(settings)  # last: the federation check from the controller
