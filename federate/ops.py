@@ -212,8 +212,10 @@ class DpkgInterrupted(FactBase):
 
 @operation()
 def dpkg_consistent():
+    """Finish a cut dpkg run. The cut run's dpkg may still hold the lock: retry until it is free."""
     if host.get_fact(DpkgInterrupted):
-        yield StringCommand("DEBIAN_FRONTEND=noninteractive dpkg --configure -a")
+        yield StringCommand("for i in $(seq 300); do DEBIAN_FRONTEND=noninteractive dpkg --configure -a"
+                            " 2>/dev/null && exit 0; sleep 1; done; DEBIAN_FRONTEND=noninteractive dpkg --configure -a")
 
 
 class InstalledSynapse(FactBase):
