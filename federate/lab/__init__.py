@@ -246,7 +246,7 @@ class Lab:
         inventory = self.paths.file("inventory.py")
         inventory.write_text(topo.render_inventory(topo.inventory_hosts(
             spec, addresses, ssh_key=key, known_hosts=known, bridge_ip=bridge_ip, subnet=str(subnet),
-            secrets_dir=self.paths.file("secrets"))))
+            secrets_dir=self.paths.file("secrets"), ca_file=self.paths.file("ca_bundle.pem"))))
         info = {
             "name": self.name, "bridge": state.get("bridge"), "subnet": str(subnet), "dns": bridge_ip,
             "ca_file": str(self.paths.file("ca_bundle.pem")), "ssh_key": str(key),
