@@ -17,8 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from pyinfra import host, logger
-from pyinfra.api import deploy, operation
-from pyinfra.api.exceptions import OperationError
+from pyinfra.api import FunctionCommand, deploy, operation
 from pyinfra.context import state
 
 from federate.check import check_server
@@ -184,13 +183,19 @@ def federation_verified(settings: HostSettings):
         logger.info(f"{host.print_prefix}{result.line()}")
     failed = [r for r in results if not r.ok]
     if failed:
-        raise OperationError(f"federation check failed on {settings.host} for "
-                             f"{', '.join(r.server_name for r in failed)}:\n"
-                             + "\n".join(r.text() for r in failed)
-                             + "\n(`federate verify INVENTORY` repeats the check; `verify: {after_deploy: "
-                               "false}` turns it off)")
+        # A failing function command stops the run with this message and no traceback.
+        yield FunctionCommand(_fail_with, (f"federation check failed on {settings.host} for "
+                                           f"{', '.join(r.server_name for r in failed)}:\n"
+                                           + "\n".join(r.text() for r in failed)
+                                           + "\n(`federate verify INVENTORY` repeats the check; "
+                                             "`verify: {after_deploy: false}` turns it off)",), {})
+        return
     host.noop(f"federation verified: {names}")
-    yield from ()
+
+
+def _fail_with(state, host, message: str) -> bool:
+    host.log_styled(message, fg="red", log_func=logger.error)
+    return False
 
 
 @deploy("Federation check")
