@@ -29,7 +29,7 @@ demo: system-deps $(BIN)/federate
 	@echo "The lab is still running: 'make lab-status' shows it, 'make lab-down' removes it."
 
 test: system-deps $(BIN)/federate
-	$(BIN)/pytest -v -ra tests
+	$(BIN)/pytest -v -ra --durations=15 tests
 
 unit: $(BIN)/federate
 	$(BIN)/pytest -q tests/unit
