@@ -10,6 +10,7 @@ if problem := database.backend_switch_problem(settings) or synapse.downgrade_pro
     refuse(problem)
 dns.announce(settings)
 
+proxy.retire_other(settings)  # frees 80, 443 and 8448 for the chosen proxy before its package starts it
 system.packages(settings)
 firewall.configure(settings)
 proxy.http_site(settings)

@@ -18,8 +18,8 @@ def wanted_packages(settings: HostSettings) -> list[str]:
     wanted = ["curl", settings.proxy, settings.firewall]
     if settings.homeservers:
         wanted.append("python3-venv")
-    if settings.tls.mode == "acme":
-        wanted.append("certbot")
+    if settings.tls.mode == "acme" and settings.proxy == "nginx":
+        wanted.append("certbot")  # caddy has its own ACME client
     if settings.database == "postgres":
         wanted.append("postgresql")
     return wanted

@@ -1,4 +1,5 @@
-"""Certificates: ACME (certbot, HTTP-01 through the proxy's port 80) or user-provided files."""
+"""Certificates: ACME (certbot, HTTP-01 through nginx's port 80; caddy runs its own ACME client)
+or user-provided files."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import StringCommand, deploy, operation
-from pyinfra.operations import apt, files
+from pyinfra.operations import apt, files, systemd
 
 from federate import paths
 from federate.ops import PathExists
@@ -54,8 +55,14 @@ def certificates(settings: HostSettings, reload_command: str):
     Returns the operations whose change means the proxy must reload.
     """
     ops = []
-    if settings.tls.mode == "acme":
+    if settings.proxy == "caddy":
+        _certbot_off()
+        if settings.tls.mode == "acme":
+            return ops  # caddy obtains and renews its certificates itself
+    elif settings.tls.mode == "acme":
         apt.packages(name="certbot", packages=["certbot"])
+        # back from caddy, which turned them off
+        systemd.service(name="certbot renewals on", service="certbot.timer", running=True, enabled=True)
         for cert_name, names in host.loop(wanted_certificates(settings)):
             ops.append(acme_certificate(name=f"{cert_name}: ACME certificate", names=names,
                                         cert_name=cert_name, directory=settings.tls.acme_directory,
@@ -68,5 +75,18 @@ def certificates(settings: HostSettings, reload_command: str):
         ops.append(files.put(name=f"{cert_name}: certificate", src=given["cert"], dest=cert,
                              mode="644", create_remote_dir=True))
         ops.append(files.put(name=f"{cert_name}: private key", src=given["key"], dest=key,
-                             mode="600", create_remote_dir=True))
+                             create_remote_dir=True, **_key_access(settings)))
     return ops
+
+
+def _key_access(settings: HostSettings) -> dict:
+    """nginx reads keys as root; caddy runs as user caddy and reads them through its group."""
+    if settings.proxy == "caddy":
+        return {"user": "root", "group": "caddy", "mode": "640"}
+    return {"mode": "600"}
+
+
+def _certbot_off():
+    """A host switched from nginx keeps certbot's package: its renewals would fail without nginx."""
+    systemd.service(name="certbot renewals off (caddy renews)", service="certbot.timer",
+                    running=False, enabled=False)
