@@ -19,28 +19,31 @@ pytestmark = pytest.mark.lab
 BETA = "/etc/matrix-synapse/beta.test"
 KEPT_FILES = f"{BETA}/signing.key {BETA}/secrets.yaml /var/lib/matrix-synapse/beta.test/homeserver.db"
 
-# name: (tamper command on hs2, substrings of the operations that must change, and nothing else)
+# name: (tamper command on hs2, substrings of the operations that must change, and nothing else).
+# A restart or reload is owed before the change goes live and cleared after it ran ("... done").
 TAMPERS = {
     "homeserver.yaml edited": (f"echo 'enable_registration: true' >> {BETA}/homeserver.yaml",
-                               {"beta.test: homeserver.yaml", "beta.test: restart on change"}),
+                               {"beta.test: homeserver.yaml", "beta.test: restart on change",
+                                "beta.test: restart done"}),
     "unit stopped": ("systemctl stop matrix-synapse@beta.test", {"beta.test: running and enabled"}),
     "unit disabled": ("systemctl disable -q matrix-synapse@beta.test", {"beta.test: running and enabled"}),
     "firewall rule deleted": ("ufw delete allow 8448/tcp", {"ufw: allow only"}),
     "proxy config edited": ("sed -i 's/return 404;/return 418;/' /etc/nginx/conf.d/federate-beta.test.conf"
                             " && systemctl reload nginx",
-                            {"beta.test: site", "nginx: reload on change"}),
+                            {"beta.test: site", "nginx: reload on change", "nginx: reload done"}),
     "proxy config removed": ("rm /etc/nginx/conf.d/federate-beta.test.conf && systemctl reload nginx",
-                             {"beta.test: site", "nginx: reload on change"}),
+                             {"beta.test: site", "nginx: reload on change", "nginx: reload done"}),
     "well-known removed": ("sed -i '/location = \\/.well-known\\/matrix\\/server/,/^    }$/d' "
                            "/etc/nginx/conf.d/federate-beta.test.conf && systemctl reload nginx",
-                           {"beta.test: site", "nginx: reload on change"}),
+                           {"beta.test: site", "nginx: reload on change", "nginx: reload done"}),
     "file modes and owners changed": (f"chmod 644 {BETA}/secrets.yaml {BETA}/homeserver.yaml && "
                                       "chown root /var/lib/matrix-synapse/beta.test",
                                       {"beta.test: owner and mode of secrets.yaml",
                                        "beta.test: homeserver.yaml owner and mode",
                                        "beta.test: data dir"}),
     "package missing from the venv": ("/opt/matrix-synapse/venv/bin/python -m pip uninstall -q -y attrs",
-                                      {"Reinstall packages missing", "beta.test: restart on change"}),
+                                      {"Reinstall packages missing", "beta.test: restart on change",
+                                       "beta.test: restart done"}),
 }
 
 
