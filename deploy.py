@@ -14,7 +14,8 @@ proxy.retire_other(settings)  # frees 80, 443 and 8448 for the chosen proxy befo
 system.packages(settings)
 firewall.configure(settings)
 proxy.http_site(settings)
-certificate_ops = tls.certificates(settings, reload_command=proxy.RELOAD_COMMAND)
+certificate_ops = tls.certificates(settings, reload_command=proxy.RELOAD_COMMAND,
+                                   reload_marker=proxy.reload_marker(settings))
 if settings.homeservers:  # a delegation host only publishes well-known files
     database.configure(settings)
     synapse.install_synapse(settings)

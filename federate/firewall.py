@@ -67,14 +67,38 @@ def ufw_policy(rules: list[str]):
         yield StringCommand("ufw --force enable")
 
 
+class UfwChains(FactBase):
+    """iptables/ip6tables lines (`-S` form) that are ufw's: its chains and the jumps into them."""
+
+    def command(self) -> str:
+        return "for t in iptables ip6tables; do command -v $t >/dev/null && $t -S 2>/dev/null; done | grep -F ufw; true"
+
+    def process(self, output):
+        return [line.strip() for line in output if line.strip()]
+
+
+# ufw's own stop keeps its empty primary chains (and the jumps into them) until the next boot;
+# remove them so no trace of ufw stays in the ruleset. Only ufw's jumps and chains are touched.
+UFW_CHAINS_GONE = (
+    "for t in iptables ip6tables; do command -v $t >/dev/null || continue; "
+    "$t -S | grep -E '^-A (INPUT|OUTPUT|FORWARD) .*-j ufw6?-' | sed 's/^-A/-D/' "
+    "| while read -r rule; do $t $rule; done; "
+    "chains=$($t -S | sed -n 's/^-N \\(ufw6\\?-.*\\)$/\\1/p'); "
+    "for c in $chains; do $t -F $c; done; for c in $chains; do $t -X $c; done; done"
+)
+
+
 @operation()
 def ufw_off():
-    """ufw disabled with no rules left (run once the nftables policy that keeps SSH is live)."""
+    """ufw disabled with no rules or chains left (run once the nftables policy that keeps SSH is live)."""
     if not host.get_fact(Which, command="ufw"):
         return
     state = host.get_fact(UfwState)
-    if state["active"] or state["rules"]:
+    reset = state["active"] or state["rules"]
+    if reset:
         yield StringCommand("ufw --force reset")
+    if reset or host.get_fact(UfwChains):
+        yield StringCommand(UFW_CHAINS_GONE)
 
 
 # ---------------------------------------------------------------- nftables

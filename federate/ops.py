@@ -13,7 +13,7 @@ import hashlib
 
 from pyinfra import host
 from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
-from pyinfra.facts.files import File, Sha1File
+from pyinfra.facts.files import File, Sha1File, Sha256File
 
 from federate.paths import UPLOAD_TMP
 
@@ -32,6 +32,18 @@ def _owe(markers) -> list[StringCommand]:
     if not markers:
         return []
     return [StringCommand(f"mkdir -p {PENDING_DIR} && touch " + " ".join(shlex.quote(m) for m in markers))]
+
+
+@operation()
+def owed_before_uploads(uploads: list[tuple[str, str]], marker: str):
+    """Owe `marker` before any of `uploads` (local path, remote path) replaces a file, so a run cut
+    between the upload and the reload it needs still reloads on the next run."""
+    for local, remote in uploads:
+        with open(local, "rb") as handle:
+            wanted = hashlib.sha256(handle.read()).hexdigest()
+        if host.get_fact(Sha256File, path=remote) != wanted:
+            yield from _owe(marker)
+            return
 
 
 def changed_or_owed(ops: list, marker: str):

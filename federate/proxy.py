@@ -54,6 +54,11 @@ CADDY_CERTIFICATES = "/var/lib/caddy/.local/share/caddy/certificates"
 CADDY_CERT_WAIT_SECONDS = 120
 
 
+def reload_marker(settings: HostSettings) -> str:
+    """The marker saying the chosen proxy owes a reload."""
+    return CADDY_RELOAD if settings.proxy == "caddy" else RELOAD
+
+
 def _reload_if(service: str, marker: str, *ops):
     systemd.service(name=f"{service}: reload on change", service=service, running=True,
                     reloaded=True, _if=changed_or_owed(list(ops), marker))

@@ -6,11 +6,16 @@ inventory before any operation is planned, and every error names the host and th
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import ipaddress
 import re
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 PROFILES = ("external", "internal")
 PROXIES = ("nginx", "caddy")
@@ -331,7 +336,8 @@ def _ports(host: str, raws: list, ssh_port: int) -> list[int]:
     return ports
 
 
-def _tls(host: str, raw: Any, server_names: list[str]) -> Tls:
+def _tls(host: str, raw: Any, wanted: Mapping[str, tuple[str, ...]]) -> Tls:
+    """`wanted`: certificate name -> the DNS names that certificate must cover."""
     _expect(host, "tls", raw, dict, "a mapping with 'mode'")
     _reject_unknown(host, "tls", raw, TLS_KEYS)
     mode = _choice(host, "tls.mode", raw.get("mode", "acme"), TLS_MODES)
@@ -344,11 +350,65 @@ def _tls(host: str, raw: Any, server_names: list[str]) -> Tls:
     if mode == "acme" and not directory.startswith("https://"):
         _fail(host, "tls.acme_directory", f"must be an https:// URL, got {directory!r}")
     if mode == "provided":
-        for name in server_names:
-            files = certificates.get(name)
-            if not isinstance(files, dict) or set(files) != {"cert", "key"}:
-                _fail(host, f"tls.certificates.{name}", "needs 'cert' and 'key' file paths")
+        certificates = {name: _provided_files(host, f"tls.certificates.{name}", certificates.get(name), names)
+                        for name, names in wanted.items()}
     return Tls(mode, directory, email, certificates)
+
+
+def _provided_files(host: str, path: str, files: Any, names: tuple[str, ...]) -> dict[str, str]:
+    """Absolute paths of a readable certificate chain and its unencrypted key, covering `names`.
+
+    Checked on the controller, so a wrong file fails here and not as a proxy that will not start.
+    Messages never quote the key file's content.
+    """
+    if not isinstance(files, dict) or set(files) != {"cert", "key"}:
+        _fail(host, path, f"needs 'cert' and 'key' file paths (a certificate for {', '.join(names)})")
+    content = {}
+    for kind in ("cert", "key"):
+        if not isinstance(files[kind], str) or not files[kind]:
+            _fail(host, f"{path}.{kind}", f"must be a file path on the controller, got {files[kind]!r}")
+        absolute = Path(files[kind]).expanduser().absolute()
+        try:
+            content[kind] = absolute.read_bytes()
+        except OSError as error:
+            _fail(host, f"{path}.{kind}", f"cannot read {absolute}: {error.strerror}")
+        files = {**files, kind: str(absolute)}
+    try:
+        leaf = x509.load_pem_x509_certificates(content["cert"])[0]
+    except ValueError:
+        _fail(host, f"{path}.cert", f"{files['cert']} holds no PEM certificate")
+    try:
+        key = serialization.load_pem_private_key(content["key"], password=None)
+    except (ValueError, TypeError):
+        _fail(host, f"{path}.key", f"{files['key']} holds no unencrypted PEM private key")
+    if _public_der(key.public_key()) != _public_der(leaf.public_key()):
+        _fail(host, f"{path}.key", f"{files['key']} is not the key of the certificate {files['cert']}")
+    if leaf.not_valid_after_utc < datetime.datetime.now(datetime.timezone.utc):
+        _fail(host, f"{path}.cert", f"{files['cert']} expired on {leaf.not_valid_after_utc:%Y-%m-%d}")
+    missing = [name for name in names if not _certificate_covers(leaf, name)]
+    if missing:
+        _fail(host, f"{path}.cert", f"{files['cert']} is not valid for {', '.join(missing)} "
+                                    f"(the names this host serves with it: {', '.join(names)})")
+    return files
+
+
+def _public_der(public_key) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.DER,
+                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _certificate_covers(cert: x509.Certificate, name: str) -> bool:
+    """Whether a subjectAltName DNS entry matches `name` (a wildcard stands for one label)."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    for pattern in sans.get_values_for_type(x509.DNSName):
+        pattern = pattern.lower()
+        if pattern == name or (pattern.startswith("*.") and name.split(".", 1)[-1] == pattern[2:]
+                               and "." in name):
+            return True
+    return False
 
 
 def _verify(host: str, raw: Any) -> Verify:
@@ -437,8 +497,8 @@ def host_settings(host: str, data: Mapping[str, Any]) -> HostSettings:
         proxy=_choice(host, "proxy", data.get("proxy"), PROXIES),
         firewall=_choice(host, "firewall", data.get("firewall"), FIREWALLS),
         database=_choice(host, "database", data.get("database"), DATABASES),
-        tls=_tls(host, data.get("tls", {}), [hs.cert_name for hs in homeservers]
-                 + [d.server_name for d in delegations]),
+        tls=_tls(host, data.get("tls", {}), {**{hs.cert_name: hs.proxy_names for hs in homeservers},
+                                             **{d.server_name: (d.server_name,) for d in delegations}}),
         ip_range_whitelist=_cidrs(host, "ip_range_whitelist", data.get("ip_range_whitelist", [])),
         trusted_key_servers=_key_servers(host, "trusted_key_servers",
                                          data.get("trusted_key_servers")),

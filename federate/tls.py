@@ -10,7 +10,7 @@ from pyinfra.api import StringCommand, deploy, operation
 from pyinfra.operations import apt, files, systemd
 
 from federate import paths
-from federate.ops import PathExists
+from federate.ops import PathExists, owed_before_uploads
 from federate.settings import Homeserver, HostSettings
 
 LETSENCRYPT_LIVE = "/etc/letsencrypt/live"
@@ -49,7 +49,7 @@ def acme_certificate(names: list[str], cert_name: str, directory: str, email: st
 
 
 @deploy("TLS certificates")
-def certificates(settings: HostSettings, reload_command: str):
+def certificates(settings: HostSettings, reload_command: str, reload_marker: str):
     """Needs the proxy's port-80 site up first (it serves the ACME challenges).
 
     Returns the operations whose change means the proxy must reload.
@@ -72,6 +72,8 @@ def certificates(settings: HostSettings, reload_command: str):
     for cert_name, _ in host.loop(wanted_certificates(settings)):
         given = settings.tls.certificates[cert_name]
         cert, key = certificate_paths_for(settings, cert_name)
+        owed_before_uploads(name=f"{cert_name}: proxy reload owed for new files", marker=reload_marker,
+                            uploads=[(given["cert"], cert), (given["key"], key)])
         ops.append(files.put(name=f"{cert_name}: certificate", src=given["cert"], dest=cert,
                              mode="644", create_remote_dir=True))
         ops.append(files.put(name=f"{cert_name}: private key", src=given["key"], dest=key,

@@ -24,6 +24,12 @@ def json_totals(result: subprocess.CompletedProcess) -> dict:
     return json.loads(result.stdout[result.stdout.index("{"):])["results"]["totals"]
 
 
+def changed_operations(result: subprocess.CompletedProcess, host: str) -> list[list[str]]:
+    """The names of the operations of a `--json` run that changed something on `host`."""
+    document = json.loads(result.stdout[result.stdout.index("{"):])
+    return [op["names"] for op in document["results"]["operations"] if host in op["success"]]
+
+
 def write_inventory(path: Path, source: str, mutate) -> str:
     """A copy of a lab inventory file with `mutate(hosts)` applied to its (name, data) list."""
     hosts = runpy.run_path(source)["lab_hosts"]

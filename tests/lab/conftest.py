@@ -11,7 +11,8 @@ import time
 import pytest
 
 from federate.lab import Lab
-from federate.lab.runner import REPO_ROOT, run_deploy
+from federate.lab.runner import REPO_ROOT, changed_operations, json_totals, run_deploy
+
 
 class LabSession:
     def __init__(self, lab: Lab, info: dict):
@@ -35,15 +36,28 @@ class LabSession:
             raise AssertionError(f"ssh {host} {command!r} failed: {result.stderr}{result.stdout}")
         return result
 
+    def noop_rerun(self) -> subprocess.CompletedProcess:
+        """A `--json` re-run, timed as 'noop_deploy', that must change nothing on any host."""
+        start = time.monotonic()
+        result = run_deploy(self.inventory, "--json")
+        self.timings["noop_deploy"] = time.monotonic() - start
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json_totals(result)["success"] == 0, {host: changed_operations(result, host)
+                                                     for host in self.info["hosts"]}
+        return result
+
 
 def _exit_on_sigterm(signum, frame):
-    # A CI time-out sends SIGTERM: turn it into an exception so the lab is still torn down.
+    # A CI time-out sends SIGTERM: turn it into an exception so every lab is still torn down.
     raise SystemExit(f"terminated by signal {signum}")
+
+
+def pytest_configure(config):
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
 @pytest.fixture(scope="session")
 def lab():
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     lab = Lab(f"t{os.getpid() % 100000}", root=REPO_ROOT)
     try:
         start = time.monotonic()

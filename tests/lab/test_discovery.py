@@ -1,5 +1,7 @@
 """Issue (production variants), on a lab of its own: SQLite homeservers found through a delegation
-host and through an SRV record, federating across hosts; zero-change re-run; switch refused."""
+host and through an SRV record, federating across hosts; zero-change re-run; switch refused.
+The SRV homeserver uses provided certificates (made on the controller with the lab CA): uploaded
+with tight modes, served as given, and a new certificate is one upload and one reload."""
 
 from __future__ import annotations
 
@@ -7,12 +9,16 @@ import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
+from cryptography import x509
+
 import pytest
 
+from conftest import LabSession
 from federate import prove
 from federate.check import check_server
-from federate.lab import Lab
-from federate.lab.runner import REPO_ROOT, json_totals, run_deploy, write_inventory
+from federate.lab import Lab, pki
+from federate.probe import https_get
+from federate.lab.runner import REPO_ROOT, changed_operations, json_totals, run_deploy, write_inventory
 
 pytestmark = pytest.mark.lab
 
@@ -31,16 +37,46 @@ TOPOLOGY = {
 }
 
 
+PROVIDED_NAMES = ["delta.test", "matrix.delta.test"]  # SRV: the certificate covers the server name too
+
+
+def issue_provided(lab: Lab, directory) -> int:
+    """(Re)write hs2's certificate and key on the controller; returns the certificate's serial."""
+    cert, key = directory / "delta.crt", directory / "delta.key"
+    pki.issue_server_cert(lab.paths.file("lab_ca.pem"), lab.paths.file("lab_ca.key"), PROVIDED_NAMES, [],
+                          cert, key)
+    return x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
+
+
 @pytest.fixture(scope="module")
-def variant():
+def variant(tmp_path_factory):
     lab = Lab(f"d{os.getpid() % 100000}", root=REPO_ROOT)
+    directory = tmp_path_factory.mktemp("provided")
     try:
         info = lab.up(TOPOLOGY)
+        info["session"], info["provided_dir"] = LabSession(lab, info), directory
+        info["provided_serial"] = issue_provided(lab, directory)
+
+        def provided_tls(hosts):
+            dict(hosts)["hs2"]["tls"] = {"mode": "provided", "certificates": {"delta.test": {
+                "cert": str(directory / "delta.crt"), "key": str(directory / "delta.key")}}}
+        info["inventory"] = write_inventory(directory / "inventory.py", info["inventory"], provided_tls)
         result = run_deploy(info["inventory"])
         assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
         yield info, result
     finally:
         lab.down()
+
+
+def served_serial(info, name: str, port: int) -> int:
+    response = https_get(name, port, "/_matrix/federation/v1/version", ca_file=info["ca_file"], dns_server=info["dns"])
+    assert response.status == 200
+    return x509.load_der_x509_certificate(response.certificate_chain[0]).serial_number
+
+
+def changed_on(result, host: str) -> set[str]:
+    """Names of the operations that changed `host`, without their deploy's prefix."""
+    return {name.split(" | ")[-1] for names in changed_operations(result, host) for name in names}
 
 
 def test_deploy_prints_the_dns_records_to_create(variant):
@@ -101,3 +137,28 @@ def test_switching_sqlite_to_postgres_is_refused(variant, tmp_path):
     assert result.returncode != 0
     assert "host hs2: homeservers[0] (delta.test): database: this homeserver has a SQLite database" in output
     assert "Starting operation" not in output and "Traceback" not in output
+
+
+def test_provided_certificate_is_served_and_kept_private(variant):
+    info, _ = variant
+    for name, port in [("matrix.delta.test", 8448), ("matrix.delta.test", 443), ("delta.test", 443)]:
+        assert served_serial(info, name, port) == info["provided_serial"], (name, port)
+    modes = info["session"].ssh("hs2", "stat -c '%n %U:%G %a' /etc/federate/tls/delta.test/*").stdout.split("\n")
+    assert "/etc/federate/tls/delta.test/fullchain.pem root:root 644" in modes
+    assert "/etc/federate/tls/delta.test/privkey.pem root:root 600" in modes
+    assert info["session"].ssh("hs2", "dpkg -s certbot", check=False).returncode != 0  # no ACME client needed
+
+
+def test_new_provided_certificate_is_one_upload_and_one_reload(variant):
+    info, _ = variant
+    main_pid = "systemctl show -p MainPID --value nginx"
+    nginx_before = info["session"].ssh("hs2", main_pid).stdout.strip()
+    new_serial = issue_provided(info["session"].lab, info["provided_dir"])
+    result = run_deploy(info["inventory"], "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert changed_on(result, "hs2") == {"delta.test: proxy reload owed for new files", "delta.test: certificate",
+                                         "delta.test: private key", "nginx: reload on change", "nginx: reload done"}
+    assert not changed_on(result, "hs1") and not changed_on(result, "web")
+    assert served_serial(info, "matrix.delta.test", 8448) == new_serial
+    assert info["session"].ssh("hs2", main_pid).stdout.strip() == nginx_before  # reloaded, not restarted
+    assert json_totals(run_deploy(info["inventory"], "--json"))["success"] == 0

@@ -4,14 +4,13 @@ and rooms, messages, media and signing keys survive it all. Checked from outside
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import pytest
 
 from federate import prove
 from federate.clients import find_traces, leave_traces
-from federate.lab.runner import json_totals, run_deploy
+from federate.lab.runner import changed_operations, json_totals, run_deploy
 from federate.probe import https_get
 
 pytestmark = pytest.mark.lab
@@ -47,11 +46,6 @@ TAMPERS = {
 }
 
 
-def changed_on(result, host: str) -> list[list[str]]:
-    document = json.loads(result.stdout[result.stdout.index("{"):])
-    return [op["names"] for op in document["results"]["operations"] if host in op["success"]]
-
-
 @pytest.fixture(scope="module")
 def before(deployed):
     users = prove.accounts(prove.load_settings(deployed.inventory))
@@ -79,13 +73,13 @@ def test_one_run_repairs_exactly_the_drift(deployed, before, case):
         assert _status_settles("beta.test", "/.well-known/matrix/server", info, 404)
     repair = run_deploy(deployed.inventory, "--json")
     assert repair.returncode == 0, repair.stderr[-3000:]
-    changed = changed_on(repair, "hs2")
+    changed = changed_operations(repair, "hs2")
     unexpected = [names for names in changed if not any(e in n for e in expected for n in names)]
     missing = [e for e in expected if not any(e in n for names in changed for n in names)]
     assert not unexpected and not missing, f"changed: {changed}"
-    assert changed_on(repair, "hs1") == []  # the other host did not drift
+    assert changed_operations(repair, "hs1") == []  # the other host did not drift
     again = run_deploy(deployed.inventory, "--json")
-    assert json_totals(again)["success"] == 0, changed_on(again, "hs2")
+    assert json_totals(again)["success"] == 0, changed_operations(again, "hs2")
     # Seen from outside: beta.test serves its well-known and federation API again.
     reply = https_get("beta.test", 8448, "/_matrix/key/v2/server", ca_file=info["ca_file"], dns_server=info["dns"])
     assert reply.status == 200 and reply.json()["server_name"] == "beta.test"

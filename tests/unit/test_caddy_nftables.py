@@ -4,6 +4,7 @@ import json
 import re
 
 from federate import firewall, proxy, system
+from federate.lab import pki
 from federate.settings import host_settings
 
 
@@ -54,9 +55,13 @@ def test_caddy_global_options_acme_directory_and_email():
     assert "redir https://{host}{uri} 301" in caddyfile
 
 
-def test_caddy_provided_certificates_and_closed_federation():
+def test_caddy_provided_certificates_and_closed_federation(tmp_path):
+    pki.make_ca("unit", tmp_path / "ca.pem", tmp_path / "ca.key")
+    pki.issue_server_cert(tmp_path / "ca.pem", tmp_path / "ca.key", ["in.test"], [], tmp_path / "c.pem",
+                          tmp_path / "k.pem")
     s = settings([{"server_name": "in.test", "profile": "internal"}],
-                 tls={"mode": "provided", "certificates": {"in.test": {"cert": "c.pem", "key": "k.pem"}}})
+                 tls={"mode": "provided", "certificates": {"in.test": {"cert": str(tmp_path / "c.pem"),
+                                                                         "key": str(tmp_path / "k.pem")}}})
     caddyfile = proxy.render_caddyfile(s)
     assert "acme_ca" not in caddyfile and "email" not in caddyfile
     site = site_block(caddyfile, "in.test:443")

@@ -2,6 +2,7 @@
 
 import pytest
 
+from federate.lab import pki
 from federate.settings import SettingsError, host_settings, inventory_settings
 
 
@@ -133,6 +134,51 @@ def test_tls_checks():
     refused(data(tls={"mode": "acme", "acme_directory": "http://plain"}), "tls.acme_directory")
     refused(data(tls={"mode": "selfsigned"}), "tls.mode")
     refused(data(tls={"mode": "provided", "certificates": {}}), "tls.certificates.alpha.test")
+
+
+@pytest.fixture()
+def issue(tmp_path):
+    """issue(name, *names) -> {cert, key} files from a test CA, for the given DNS names."""
+    pki.make_ca("unit", tmp_path / "ca.pem", tmp_path / "ca.key")
+
+    def _issue(label, *names):
+        cert, key = tmp_path / f"{label}.crt", tmp_path / f"{label}.key"
+        pki.issue_server_cert(tmp_path / "ca.pem", tmp_path / "ca.key", list(names), [], cert, key)
+        return {"cert": str(cert), "key": str(key)}
+    return _issue
+
+
+def provided(certificates, **homeserver):
+    return data(tls={"mode": "provided", "certificates": certificates},
+                homeservers=[{"server_name": "alpha.test", **homeserver}])
+
+
+def test_provided_certificates_are_checked_on_the_controller(issue, tmp_path):
+    good = issue("good", "alpha.test", "matrix.alpha.test")
+    tls = host_settings("h1", provided({"alpha.test": good}, public_host="matrix.alpha.test")).tls
+    assert tls.certificates["alpha.test"] == good
+    wildcard = issue("wild", "alpha.test", "*.alpha.test")
+    host_settings("h1", provided({"alpha.test": wildcard}, public_host="matrix.alpha.test"))
+
+    message = refused(provided({"alpha.test": issue("short", "alpha.test")}, public_host="matrix.alpha.test"),
+                      "tls.certificates.alpha.test.cert")
+    assert "is not valid for matrix.alpha.test" in message
+    other = issue("other", "alpha.test")
+    refused(provided({"alpha.test": {**good, "key": other["key"]}}), "tls.certificates.alpha.test.key")
+    refused(provided({"alpha.test": {**good, "cert": str(tmp_path / "missing.pem")}}),
+            "tls.certificates.alpha.test.cert")
+    refused(provided({"alpha.test": {"cert": good["key"], "key": good["key"]}}), "tls.certificates.alpha.test.cert")
+    message = refused(provided({"alpha.test": {"cert": good["cert"], "key": good["cert"]}}),
+                      "tls.certificates.alpha.test.key")
+    assert "BEGIN" not in message  # no file content in messages
+    refused(provided({"alpha.test": {"cert": good["cert"]}}), "tls.certificates.alpha.test")
+
+
+def test_provided_certificate_paths_become_absolute(issue, tmp_path, monkeypatch):
+    issue("rel", "alpha.test")
+    monkeypatch.chdir(tmp_path)
+    tls = host_settings("h1", provided({"alpha.test": {"cert": "rel.crt", "key": "rel.key"}})).tls
+    assert tls.certificates["alpha.test"] == {"cert": str(tmp_path / "rel.crt"), "key": str(tmp_path / "rel.key")}
 
 
 def test_users():

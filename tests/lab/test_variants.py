@@ -1,0 +1,159 @@
+"""Issue 6: the caddy proxy and the nftables firewall on their own lab, observed from outside:
+federation works, only SSH and the web ports answer, re-runs change nothing, a deleted nftables
+rule is repaired, and a firewall switch (nftables -> ufw -> nftables) keeps SSH and leaves no stale
+rules. Cold and no-op deploy times of this variant are printed at the end."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+
+from conftest import LabSession
+from federate import prove
+from federate.lab import Lab
+from federate.lab.runner import REPO_ROOT, changed_operations, json_totals, run_deploy, write_inventory
+from federate.probe import https_get
+from test_vertical_slice import _open_ports
+
+pytestmark = pytest.mark.lab
+
+VARIANT = {"proxy": "caddy", "firewall": "nftables"}
+TOPOLOGY = {"hosts": {
+    "hs1": {"homeservers": [{"server_name": "alpha.test", "public_host": "matrix.alpha.test",
+                             "users": [{"localpart": "alice", "admin": True}]}],
+            "host_data": VARIANT},
+    "hs2": {"homeservers": [{"server_name": "beta.test", "users": [{"localpart": "bob"}]}],
+            "host_data": VARIANT},
+}}
+SCANNED = set(range(1, 1025)) | set(range(8000, 8100)) | {2019, 3000, 5432, 8448, 9000, 15000}
+WEB_RULE = "tcp dport { 80, 443, 8448 } accept"
+
+
+@pytest.fixture(scope="module")
+def variant_lab():
+    lab = Lab(f"c{os.getpid() % 100000}", root=REPO_ROOT)
+    try:
+        session = LabSession(lab, lab.up(TOPOLOGY))
+        start = time.monotonic()
+        result = run_deploy(session.inventory)
+        session.timings["cold_deploy"] = time.monotonic() - start
+        assert result.returncode == 0, f"deploy failed:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
+        yield session
+    finally:
+        lab.down()
+
+
+def test_remote_checks_pass(variant_lab):
+    checks = prove.prove(variant_lab.info)
+    failed = [c.line() for c in checks if not c.ok]
+    assert not failed, "\n".join(failed)
+    assert len(checks) == 4 * 2 + 1  # well-known x2, version, keys per server; the room across hosts
+
+
+@pytest.mark.parametrize("name,port,path", [
+    ("matrix.alpha.test", 443, "/nothing-here"), ("beta.test", 8448, "/"),
+    ("matrix.alpha.test", 443, "/_synapse/admin"), ("beta.test", 443, "/_synapse/admin/v1/server_version"),
+])
+def test_unmatched_paths_and_admin_api_are_404(variant_lab, name, port, path):
+    info = variant_lab.info
+    assert https_get(name, port, path, ca_file=info["ca_file"], dns_server=info["dns"]).status == 404
+
+
+@pytest.mark.parametrize("host", ["hs1", "hs2"])
+def test_only_ssh_and_web_ports_are_open(variant_lab, host):
+    assert _open_ports(variant_lab.address(host), sorted(SCANNED)) == {22, 80, 443, 8448}
+
+
+def test_caddy_without_certbot_and_nftables_without_ufw(variant_lab):
+    for host in ("hs1", "hs2"):
+        state = variant_lab.ssh(host, "systemctl is-active caddy; systemctl is-enabled caddy nftables; "
+                                      "for p in nginx certbot ufw; do dpkg -s $p >/dev/null 2>&1 && echo $p; done",
+                                check=False).stdout.split()
+        assert state == ["active", "enabled", "enabled"], state
+        assert "table inet federate" in variant_lab.ssh(host, "nft list ruleset").stdout
+
+
+def test_second_run_changes_nothing(variant_lab):
+    variant_lab.noop_rerun()
+
+
+def test_deleted_nftables_rule_is_repaired_by_one_run(variant_lab):
+    variant_lab.ssh("hs2", f"nft delete rule inet federate input handle $(nft -a list chain inet federate input"
+                           f" | grep -F '{WEB_RULE}' | sed 's/.*handle //')")
+    assert _open_ports(variant_lab.address("hs2"), [22, 80, 443, 8448]) == {22}
+    repair = run_deploy(variant_lab.inventory, "--json")
+    assert repair.returncode == 0, repair.stderr[-3000:]
+    assert changed_operations(repair, "hs2") == [["Firewall | nftables: allow only SSH (22), 80, 443, 8448"]]
+    assert WEB_RULE in variant_lab.ssh("hs2", "nft list table inet federate").stdout
+    assert _open_ports(variant_lab.address("hs2"), sorted(SCANNED)) == {22, 80, 443, 8448}
+    assert json_totals(run_deploy(variant_lab.inventory, "--json"))["success"] == 0
+
+
+@contextmanager
+def ssh_watched(lab: LabSession, host: str):
+    """While the block runs: a new TCP connection to SSH every 0.2 s, and one open SSH session.
+    Yields the list of refused connections; the session must still be alive at the end."""
+    address, refused, stop = lab.address(host), [], threading.Event()
+
+    def connect_often():
+        while not stop.is_set():
+            with socket.socket() as sock:
+                sock.settimeout(2)
+                if sock.connect_ex((address, 22)) != 0:
+                    refused.append(time.monotonic())
+            stop.wait(0.2)
+
+    session = subprocess.Popen(
+        ["ssh", "-i", lab.info["ssh_key"], "-o", f"UserKnownHostsFile={lab.info['known_hosts']}",
+         "-o", "BatchMode=yes", f"root@{address}", "while sleep 0.5; do echo tick; done"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    prober = threading.Thread(target=connect_often, daemon=True)
+    prober.start()
+    try:
+        yield refused
+        assert session.poll() is None, "the open SSH session was cut"
+    finally:
+        stop.set()
+        prober.join()
+        session.terminate()
+        session.wait(timeout=10)
+
+
+def _switch(lab: LabSession, tmp_path, firewall: str):
+    def mutate(hosts):
+        dict(hosts)["hs2"]["firewall"] = firewall
+    inventory = write_inventory(tmp_path / f"inventory-{firewall}.py", lab.inventory, mutate)
+    with ssh_watched(lab, "hs2") as refused:
+        result = run_deploy(inventory)
+    assert result.returncode == 0, f"{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
+    assert not refused, f"SSH refused {len(refused)} times during the switch to {firewall}"
+    assert _open_ports(lab.address("hs2"), sorted(SCANNED)) == {22, 80, 443, 8448}
+    again = run_deploy(inventory, "--json")
+    assert json_totals(again)["success"] == 0, changed_operations(again, "hs2")
+
+
+def test_firewall_switch_keeps_ssh_and_leaves_no_stale_rules(variant_lab, tmp_path):
+    _switch(variant_lab, tmp_path, "ufw")
+    ufw = variant_lab.ssh("hs2", "ufw status; ufw show added").stdout
+    assert "Status: active" in ufw and "ufw allow 8448/tcp" in ufw
+    assert "inet federate" not in variant_lab.ssh("hs2", "nft list tables").stdout
+    assert variant_lab.ssh("hs2", "systemctl is-enabled nftables", check=False).stdout.strip() == "disabled"
+
+    _switch(variant_lab, tmp_path, "nftables")
+    ufw = variant_lab.ssh("hs2", "ufw status; ufw show added").stdout
+    assert "Status: inactive" in ufw and "ufw allow" not in ufw, ufw
+    ruleset = variant_lab.ssh("hs2", "nft list ruleset").stdout
+    assert "ufw" not in ruleset and "table inet federate" in ruleset, ruleset
+    assert variant_lab.ssh("hs2", "systemctl is-enabled nftables").stdout.strip() == "enabled"
+
+
+def test_report_timings(variant_lab, capsys):
+    with capsys.disabled():
+        print("\n[caddy + nftables] " + ", ".join(f"{name} {seconds:.1f}s"
+                                                 for name, seconds in variant_lab.timings.items()))
