@@ -1,7 +1,8 @@
 """Issue 6: the caddy proxy and the nftables firewall on their own lab, observed from outside:
 federation works, only SSH and the web ports answer, re-runs change nothing, a deleted nftables
-rule is repaired, and a firewall switch (nftables -> ufw -> nftables) keeps SSH and leaves no stale
-rules. Cold and no-op deploy times of this variant are printed at the end."""
+rule is repaired, a firewall switch (nftables -> ufw -> nftables) keeps SSH and leaves no stale
+rules, and a proxy switch (caddy -> nginx -> caddy) hands the ports over. Cold and no-op deploy
+times of this variant are printed at the end."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 
 from conftest import LabSession
 from federate import prove
+from federate.check import check_server
 from federate.lab import Lab
 from federate.lab.runner import REPO_ROOT, changed_operations, json_totals, run_deploy, write_inventory
 from federate.probe import https_get
@@ -151,6 +153,37 @@ def test_firewall_switch_keeps_ssh_and_leaves_no_stale_rules(variant_lab, tmp_pa
     ruleset = variant_lab.ssh("hs2", "nft list ruleset").stdout
     assert "ufw" not in ruleset and "table inet federate" in ruleset, ruleset
     assert variant_lab.ssh("hs2", "systemctl is-enabled nftables").stdout.strip() == "enabled"
+
+
+def _proxy_state(lab: LabSession, host: str) -> list[str]:
+    return lab.ssh(host, "systemctl is-active caddy nginx; systemctl is-enabled caddy nginx certbot.timer",
+                   check=False).stdout.split()
+
+
+def _server_header(lab: LabSession) -> str:
+    info = lab.info
+    return https_get("beta.test", 443, "/nothing-here", ca_file=info["ca_file"],
+                     dns_server=info["dns"]).headers.get("server", "")
+
+
+def test_proxy_switch_hands_the_ports_over(variant_lab, tmp_path):
+    def to(proxy):
+        def mutate(hosts):
+            dict(hosts)["hs2"]["proxy"] = proxy
+        inventory = write_inventory(tmp_path / f"inventory-{proxy}.py", variant_lab.inventory, mutate)
+        result = run_deploy(inventory)  # ends with the federation check of beta.test
+        assert result.returncode == 0, f"{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
+        again = run_deploy(inventory, "--json")
+        assert json_totals(again)["success"] == 0, changed_operations(again, "hs2")
+        report = check_server("beta.test", dns_server=variant_lab.info["dns"], ca_file=variant_lab.info["ca_file"])
+        assert report["FederationOK"], report.get("Hints")
+
+    to("nginx")  # certbot obtains the certificates; caddy stays installed, stopped and disabled
+    assert _proxy_state(variant_lab, "hs2") == ["inactive", "active", "disabled", "enabled", "enabled"]
+    assert _server_header(variant_lab).startswith("nginx")
+    to("caddy")  # back: caddy still holds its certificates; certbot's renewals off again
+    assert _proxy_state(variant_lab, "hs2") == ["active", "inactive", "enabled", "disabled", "disabled"]
+    assert _server_header(variant_lab) == "Caddy"
 
 
 def test_report_timings(variant_lab, capsys):
