@@ -21,6 +21,13 @@ homeservers = [
                 "acme_directory": "https://acme-v02.api.letsencrypt.org/directory",
                 "email": "hostmaster@example.com",
             },
+            # Your own certificates instead of ACME (full chain + key, paths on this machine):
+            # "tls": {"mode": "provided", "certificates": {"example.com": {
+            #     "cert": "certs/example.com/fullchain.pem", "key": "certs/example.com/privkey.pem"}}},
+            # The other choices (defaults: nginx, ufw, postgres):
+            # "proxy": "caddy",
+            # "firewall": "nftables",
+            # "database": "sqlite",
         },
     ),
 ]
