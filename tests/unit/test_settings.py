@@ -1,5 +1,8 @@
 """The settings model: defaults, derived values, and bad input refused with host + field named."""
 
+import runpy
+from pathlib import Path
+
 import pytest
 
 from federate.lab import pki
@@ -207,3 +210,12 @@ def test_verify_setting():
     assert (v.after_deploy, v.dns_server, v.ca_file) == (False, "10.0.0.1", "/ca.pem")
     refused(data(verify={"dns_server": "dns.example"}), "verify.dns_server")
     refused(data(verify={"after_deply": True}), "verify.after_deply")
+
+
+def test_example_inventory_is_valid_with_the_shipped_defaults():
+    root = Path(__file__).resolve().parents[2]
+    defaults = {k: v for k, v in runpy.run_path(str(root / "group_data/all.py")).items() if not k.startswith("_")}
+    hosts = runpy.run_path(str(root / "inventory.py"))["homeservers"]
+    settings = inventory_settings((name, {**defaults, **data}) for name, data in hosts)
+    hs = settings["matrix.example.com"].homeservers[0]
+    assert (hs.server_name, hs.public_host, hs.profile) == ("example.com", "matrix.example.com", "external")
