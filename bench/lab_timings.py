@@ -1,6 +1,8 @@
 """Benchmark on a throwaway lab: lab up, cold deploy, no-op re-run, federation latency.
 
-    .venv/bin/python bench/lab_timings.py [--messages 20]
+    .venv/bin/python bench/lab_timings.py [--messages 20] [--variant default|caddy]
+
+`--variant caddy` deploys both hosts with caddy and nftables instead of nginx and ufw.
 
 Prints figures; asserts nothing about speed. The lab is removed at the end, even on failure.
 """
@@ -18,6 +20,7 @@ from federate.clients import room_across_servers
 from federate.lab import Lab
 from federate.lab.runner import REPO_ROOT, json_totals, run_deploy
 
+VARIANTS = {"default": {}, "caddy": {"proxy": "caddy", "firewall": "nftables"}}
 TOPOLOGY = {"hosts": {
     "hs1": {"homeservers": [{"server_name": "alpha.test", "public_host": "matrix.alpha.test",
                              "users": [{"localpart": "alice"}]}]},
@@ -40,10 +43,14 @@ def percentile(values: list[float], share: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=20, help="messages each way")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="default")
     args = parser.parse_args()
+    topology = {"hosts": {name: {**spec, "host_data": VARIANTS[args.variant]}
+                          for name, spec in TOPOLOGY["hosts"].items()}}
+    print(f"variant: {args.variant} {VARIANTS[args.variant] or '(nginx, ufw, postgres)'}")
     lab = Lab(f"bench{os.getpid() % 10000}", root=REPO_ROOT, log=lambda _: None)
     try:
-        info = timed("lab up (2 hosts)", lambda: lab.up(TOPOLOGY))
+        info = timed("lab up (2 hosts)", lambda: lab.up(topology))
         cold = timed("cold deploy", lambda: run_deploy(info["inventory"]))
         if cold.returncode != 0:
             print(cold.stdout[-3000:], cold.stderr[-2000:])
