@@ -7,11 +7,15 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from federate.lab import Lab
-from federate.lab.runner import REPO_ROOT, changed_operations, json_totals, run_deploy
+from cryptography import x509
+
+from federate.lab import Lab, pki
+from federate.probe import https_get
+from federate.lab.runner import REPO_ROOT, changed_operations, json_totals, run_deploy, write_inventory
 
 
 class LabSession:
@@ -45,6 +49,29 @@ class LabSession:
         assert json_totals(result)["success"] == 0, {host: changed_operations(result, host)
                                                      for host in self.info["hosts"]}
         return result
+
+
+def issue_certificate(lab: Lab, directory: Path, names: list[str]) -> tuple[dict[str, str], int]:
+    """A certificate for `names` from the lab CA, written on the controller as
+    directory/<first name>.crt and .key (replaced when called again): ({cert, key}, serial)."""
+    cert, key = directory / f"{names[0]}.crt", directory / f"{names[0]}.key"
+    pki.issue_server_cert(lab.paths.file("lab_ca.pem"), lab.paths.file("lab_ca.key"), names, [], cert, key)
+    return {"cert": str(cert), "key": str(key)}, x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
+
+
+def with_provided_certificate(inventory: str, directory: Path, host: str, files: dict[str, str],
+                              cert_name: str) -> str:
+    """A copy of `inventory` in which `host` uses `files` as its provided certificate."""
+    def provided_tls(hosts):
+        dict(hosts)[host]["tls"] = {"mode": "provided", "certificates": {cert_name: files}}
+    return write_inventory(directory / "inventory.py", inventory, provided_tls)
+
+
+def served_serial(info: dict, name: str, port: int) -> int:
+    """The serial number of the certificate `name`:`port` presents (verified against the lab CAs)."""
+    response = https_get(name, port, "/_matrix/federation/v1/version", ca_file=info["ca_file"], dns_server=info["dns"])
+    assert response.status == 200, (name, port, response.status)
+    return x509.load_der_x509_certificate(response.certificate_chain[0]).serial_number
 
 
 def _exit_on_sigterm(signum, frame):

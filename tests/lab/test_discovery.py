@@ -9,15 +9,13 @@ import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
-from cryptography import x509
 
 import pytest
 
-from conftest import LabSession
+from conftest import LabSession, issue_certificate, served_serial, with_provided_certificate
 from federate import prove
 from federate.check import check_server
-from federate.lab import Lab, pki
-from federate.probe import https_get
+from federate.lab import Lab
 from federate.lab.runner import REPO_ROOT, changed_operations, json_totals, run_deploy, write_inventory
 
 pytestmark = pytest.mark.lab
@@ -40,14 +38,6 @@ TOPOLOGY = {
 PROVIDED_NAMES = ["delta.test", "matrix.delta.test"]  # SRV: the certificate covers the server name too
 
 
-def issue_provided(lab: Lab, directory) -> int:
-    """(Re)write hs2's certificate and key on the controller; returns the certificate's serial."""
-    cert, key = directory / "delta.crt", directory / "delta.key"
-    pki.issue_server_cert(lab.paths.file("lab_ca.pem"), lab.paths.file("lab_ca.key"), PROVIDED_NAMES, [],
-                          cert, key)
-    return x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
-
-
 @pytest.fixture(scope="module")
 def variant(tmp_path_factory):
     lab = Lab(f"d{os.getpid() % 100000}", root=REPO_ROOT)
@@ -55,23 +45,13 @@ def variant(tmp_path_factory):
     try:
         info = lab.up(TOPOLOGY)
         info["session"], info["provided_dir"] = LabSession(lab, info), directory
-        info["provided_serial"] = issue_provided(lab, directory)
-
-        def provided_tls(hosts):
-            dict(hosts)["hs2"]["tls"] = {"mode": "provided", "certificates": {"delta.test": {
-                "cert": str(directory / "delta.crt"), "key": str(directory / "delta.key")}}}
-        info["inventory"] = write_inventory(directory / "inventory.py", info["inventory"], provided_tls)
+        files, info["provided_serial"] = issue_certificate(lab, directory, PROVIDED_NAMES)
+        info["inventory"] = with_provided_certificate(info["inventory"], directory, "hs2", files, "delta.test")
         result = run_deploy(info["inventory"])
         assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
         yield info, result
     finally:
         lab.down()
-
-
-def served_serial(info, name: str, port: int) -> int:
-    response = https_get(name, port, "/_matrix/federation/v1/version", ca_file=info["ca_file"], dns_server=info["dns"])
-    assert response.status == 200
-    return x509.load_der_x509_certificate(response.certificate_chain[0]).serial_number
 
 
 def changed_on(result, host: str) -> set[str]:
@@ -153,7 +133,7 @@ def test_new_provided_certificate_is_one_upload_and_one_reload(variant):
     info, _ = variant
     main_pid = "systemctl show -p MainPID --value nginx"
     nginx_before = info["session"].ssh("hs2", main_pid).stdout.strip()
-    new_serial = issue_provided(info["session"].lab, info["provided_dir"])
+    _, new_serial = issue_certificate(info["session"].lab, info["provided_dir"], PROVIDED_NAMES)
     result = run_deploy(info["inventory"], "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     assert changed_on(result, "hs2") == {"delta.test: proxy reload owed for new files", "delta.test: certificate",

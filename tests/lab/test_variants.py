@@ -1,8 +1,8 @@
-"""Issue 6: the caddy proxy and the nftables firewall on their own lab, observed from outside:
-federation works, only SSH and the web ports answer, re-runs change nothing, a deleted nftables
-rule is repaired, a firewall switch (nftables -> ufw -> nftables) keeps SSH and leaves no stale
-rules, and a proxy switch (caddy -> nginx -> caddy) hands the ports over. Cold and no-op deploy
-times of this variant are printed at the end."""
+"""Issue 6: the caddy proxy and the nftables firewall on their own lab, observed from outside
+(hs1 with provided certificates, hs2 with caddy's own ACME client): federation works, only SSH
+and the web ports answer, re-runs change nothing, a deleted nftables rule is repaired, a firewall
+switch (nftables -> ufw -> nftables) keeps SSH and leaves no stale rules, and a proxy switch
+(caddy -> nginx -> caddy) hands the ports over. Cold and no-op deploy times are printed at the end."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from conftest import LabSession
+from conftest import LabSession, issue_certificate, served_serial, with_provided_certificate
 from federate import prove
 from federate.check import check_server
 from federate.lab import Lab
@@ -37,11 +37,18 @@ SCANNED = set(range(1, 1025)) | set(range(8000, 8100)) | {2019, 3000, 5432, 8448
 WEB_RULE = "tcp dport { 80, 443, 8448 } accept"
 
 
+PROVIDED_NAMES = ["alpha.test", "matrix.alpha.test"]  # hs1's own certificate; hs2 uses caddy's ACME
+
+
 @pytest.fixture(scope="module")
-def variant_lab():
+def variant_lab(tmp_path_factory):
     lab = Lab(f"c{os.getpid() % 100000}", root=REPO_ROOT)
+    directory = tmp_path_factory.mktemp("provided")
     try:
         session = LabSession(lab, lab.up(TOPOLOGY))
+        files, session.info["provided_serial"] = issue_certificate(lab, directory, PROVIDED_NAMES)
+        session.info["inventory"] = with_provided_certificate(session.inventory, directory, "hs1", files,
+                                                              "alpha.test")
         start = time.monotonic()
         result = run_deploy(session.inventory)
         session.timings["cold_deploy"] = time.monotonic() - start
@@ -70,6 +77,16 @@ def test_unmatched_paths_and_admin_api_are_404(variant_lab, name, port, path):
 @pytest.mark.parametrize("host", ["hs1", "hs2"])
 def test_only_ssh_and_web_ports_are_open(variant_lab, host):
     assert _open_ports(variant_lab.address(host), sorted(SCANNED)) == {22, 80, 443, 8448}
+
+
+def test_caddy_serves_the_provided_certificate_it_may_read(variant_lab):
+    for name, port in [("alpha.test", 443), ("matrix.alpha.test", 8448)]:
+        assert served_serial(variant_lab.info, name, port) == variant_lab.info["provided_serial"], (name, port)
+    modes = variant_lab.ssh("hs1", "stat -c '%n %U:%G %a' /etc/federate/tls/alpha.test/*").stdout.splitlines()
+    assert modes == ["/etc/federate/tls/alpha.test/fullchain.pem root:root 644",
+                     "/etc/federate/tls/alpha.test/privkey.pem root:caddy 640"]
+    assert not variant_lab.ssh("hs1", "find /var/lib/caddy -name '*.crt' 2>/dev/null",
+                               check=False).stdout.strip()  # no ACME certificate was asked for
 
 
 def test_caddy_without_certbot_and_nftables_without_ufw(variant_lab):
