@@ -114,6 +114,20 @@ def test_deleted_nftables_rule_is_repaired_by_one_run(variant_lab):
     assert json_totals(run_deploy(variant_lab.inventory, "--json"))["success"] == 0
 
 
+def test_edited_caddyfile_is_repaired_by_one_run(variant_lab):
+    def status():
+        return https_get("beta.test", 443, "/nothing-here", ca_file=variant_lab.info["ca_file"],
+                         dns_server=variant_lab.info["dns"]).status
+    variant_lab.ssh("hs2", "sed -i 's/respond 404/respond 418/' /etc/caddy/Caddyfile && systemctl reload caddy")
+    assert status() == 418  # the tamper is live
+    repair = run_deploy(variant_lab.inventory, "--json")
+    assert repair.returncode == 0, repair.stderr[-3000:]
+    changed = {name.split(" | ")[-1] for names in changed_operations(repair, "hs2") for name in names}
+    assert changed == {"Caddyfile", "caddy: reload on change", "caddy: reload done"}, changed
+    assert status() == 404
+    assert json_totals(run_deploy(variant_lab.inventory, "--json"))["success"] == 0
+
+
 @contextmanager
 def ssh_watched(lab: LabSession, host: str):
     """While the block runs: a new TCP connection to SSH every 0.2 s, and one open SSH session.
