@@ -3,6 +3,7 @@ even when tests fail. Everything is observed from outside: TLS, HTTP, ports, SSH
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -41,13 +42,19 @@ class LabSession:
         return result
 
     def noop_rerun(self) -> subprocess.CompletedProcess:
-        """A `--json` re-run, timed as 'noop_deploy', that must change nothing on any host."""
+        """A `--json` re-run, timed as 'noop_deploy', that must change nothing on any host; then a `--dry` plan."""
         start = time.monotonic()
         result = run_deploy(self.inventory, "--json")
         self.timings["noop_deploy"] = time.monotonic() - start
         assert result.returncode == 0, result.stderr[-3000:]
         assert json_totals(result)["success"] == 0, {host: changed_operations(result, host)
                                                      for host in self.info["hosts"]}
+        # The --dry plan agrees: no operation would change anything (restarts and reloads stay
+        # "conditional": their condition is only known when the run executes).
+        dry = run_deploy(self.inventory, "--dry", "--json")
+        assert dry.returncode == 0, dry.stderr[-3000:]
+        plan = json.loads(dry.stdout[dry.stdout.index("{"):])["plan"]
+        assert not [(op["name"], op["hosts_with_change"]) for op in plan if op["hosts_with_change"]]
         return result
 
 
