@@ -49,7 +49,13 @@ class Account:
 
 
 # One login per user and process: Synapse rate-limits logins, and a device per check adds up.
-_sessions: dict[str, tuple[str, str]] = {}  # user ID -> (device ID, access token)
+# Keyed by the DNS server and password too: another lab (or a redeployed one) may have the same
+# user ID on a different homeserver, where the old token is unknown.
+_sessions: dict[tuple[str, str, str], tuple[str, str]] = {}  # -> (device ID, access token)
+
+
+def _session_key(account: Account, dns_server: str) -> tuple[str, str, str]:
+    return account.user_id, dns_server or "", hashlib.sha256(account.password.encode()).hexdigest()
 
 
 # nio retries rate limits and time-outs forever by default: a check must end with an answer.
@@ -62,15 +68,16 @@ async def login(account: Account, dns_server: str, ca_file: str) -> AsyncClient:
     connector = aiohttp.TCPConnector(resolver=LabResolver(dns_server),
                                      ssl=ssl.create_default_context(cafile=ca_file))
     client.client_session = aiohttp.ClientSession(connector=connector)
-    if account.user_id in _sessions:
-        device_id, token = _sessions[account.user_id]
+    key = _session_key(account, dns_server)
+    if key in _sessions:
+        device_id, token = _sessions[key]
         client.restore_login(account.user_id, device_id, token)
         return client
     reply = await client.login(account.password, device_name="federate-probe")
     if not isinstance(reply, LoginResponse):
         await client.close()
         raise RuntimeError(f"login of {account.user_id} failed: {reply}")
-    _sessions[account.user_id] = (reply.device_id, reply.access_token)
+    _sessions[key] = (reply.device_id, reply.access_token)
     return client
 
 
