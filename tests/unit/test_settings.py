@@ -219,3 +219,18 @@ def test_example_inventory_is_valid_with_the_shipped_defaults():
     settings = inventory_settings((name, {**defaults, **data}) for name, data in hosts)
     hs = settings["matrix.example.com"].homeservers[0]
     assert (hs.server_name, hs.public_host, hs.profile) == ("example.com", "matrix.example.com", "external")
+
+
+def test_expired_provided_certificate_is_refused(issue, monkeypatch):
+    import datetime
+    import types
+
+    class TenYearsLater(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime.now(tz) + datetime.timedelta(days=3650)
+    # only the settings module's view of the clock moves
+    monkeypatch.setattr("federate.settings.datetime",
+                        types.SimpleNamespace(datetime=TenYearsLater, timezone=datetime.timezone))
+    message = refused(provided({"alpha.test": issue("old", "alpha.test")}), "tls.certificates.alpha.test.cert")
+    assert "expired on" in message
