@@ -6,14 +6,14 @@ so a converged host reports zero changes.
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from io import StringIO
 
-import hashlib
-
 from pyinfra import host
 from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
-from pyinfra.facts.files import File, Sha1File, Sha256File
+from pyinfra.api.util import get_file_sha1
+from pyinfra.facts.files import File, Sha1File
 
 from federate.paths import UPLOAD_TMP
 
@@ -39,9 +39,8 @@ def owed_before_uploads(uploads: list[tuple[str, str]], marker: str):
     """Owe `marker` before any of `uploads` (local path, remote path) replaces a file, so a run cut
     between the upload and the reload it needs still reloads on the next run."""
     for local, remote in uploads:
-        with open(local, "rb") as handle:
-            wanted = hashlib.sha256(handle.read()).hexdigest()
-        if host.get_fact(Sha256File, path=remote) != wanted:
+        # compared the way files.put compares (sha1), so both agree on what will change
+        if host.get_fact(Sha1File, path=remote) != get_file_sha1(local):
             yield from _owe(marker)
             return
 
@@ -96,9 +95,8 @@ def config_file(dest: str, content: str, user: str = "root", group: str = "root"
     that; `file_attributes` repairs owner and mode drift. `owes` names the pending markers
     written before the new file goes live (see `pending_marker`).
     """
-    current = host.get_fact(File, path=dest)
-    wanted_sha1 = hashlib.sha1(content.encode()).hexdigest()
-    if not current or host.get_fact(Sha1File, path=dest) != wanted_sha1:
+    # None when the file is missing; one remote command either way (pyinfra caches no facts)
+    if host.get_fact(Sha1File, path=dest) != hashlib.sha1(content.encode()).hexdigest():
         yield from _replace_file(dest, content, user, group, mode, check, check_in_place, owes)
 
 
@@ -142,8 +140,8 @@ def generated_once(path: str, command: str, user: str, mode: str = "600"):
     """Create `path` by running `command` (which writes to $OUT) unless it already exists.
 
     Used for signing keys and secrets: never overwritten once made (`file_attributes` repairs
-    their owner and mode without counting as a new secret). The file is written to a temporary name, given its owner and mode, then renamed, so a
-    half-written key never exists.
+    their owner and mode without counting as a new secret). The file is written to a temporary
+    name, given its owner and mode, then renamed, so a half-written key never exists.
     """
     if host.get_fact(File, path=path):
         host.noop(f"{path} exists and is kept")
@@ -179,6 +177,17 @@ def matrix_user(venv: str, config_paths: list[str], local_url: str, user_id: str
     )
 
 
+class VenvBroken(FactBase):
+    """True when the venv exists but its interpreter or pip does not run (an interrupted creation)."""
+
+    def command(self, venv: str) -> str:
+        v = shlex.quote(venv)
+        return f"[ -e {v} ] && ! {v}/bin/python -m pip --version >/dev/null 2>&1 && echo yes || echo no"
+
+    def process(self, output):
+        return "".join(output).strip() == "yes"
+
+
 class VenvState(FactBase):
     """'ok', 'broken' (interpreter or pip unusable: an interrupted creation), 'inconsistent'
     (pip check fails or Synapse does not import: a package missing) or 'absent'."""
@@ -197,8 +206,9 @@ class VenvState(FactBase):
 
 @operation()
 def venv_usable(venv: str):
-    """A venv whose interpreter or pip does not run is removed, so it is created again."""
-    if host.get_fact(VenvState, venv=venv) == "broken":
+    """A venv whose interpreter or pip does not run is removed, so it is created again.
+    (A cheap fact: the slow pip check and import of VenvState are left to venv_consistent.)"""
+    if host.get_fact(VenvBroken, venv=venv):
         yield StringCommand(f"rm -rf {shlex.quote(venv)}")
 
 

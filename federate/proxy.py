@@ -13,7 +13,7 @@ from federate import paths, wellknown
 from federate.settings import Delegation, Homeserver, HostSettings
 from federate.ops import changed_or_owed, config_file, file_attributes, pending_marker, settled
 from federate.templates import render
-from federate.tls import certificate_paths, certificate_paths_for, wanted_certificates
+from federate.tls import certificate_paths, wanted_certificates
 
 SITES_DIR = "/etc/nginx/conf.d"
 HTTP_SITE = f"{SITES_DIR}/federate-http.conf"
@@ -23,13 +23,13 @@ NGINX_CHECK = "nginx -t -q"
 
 
 def site_context(settings: HostSettings, hs: Homeserver) -> dict:
-    cert, key = certificate_paths(settings, hs)
+    cert, key = certificate_paths(settings, hs.cert_name)
     return {"hs": hs, "cert": cert, "key": key, "max_upload_size": settings.max_upload_size,
             **wellknown.documents_json(hs, serve_server=hs.serves_server_well_known)}
 
 
 def delegation_context(settings: HostSettings, delegation: Delegation) -> dict:
-    cert, key = certificate_paths_for(settings, delegation.server_name)
+    cert, key = certificate_paths(settings, delegation.server_name)
     return {"server_name": delegation.server_name, "public_host": delegation.public_host,
             "cert": cert, "key": key, **wellknown.documents_json(delegation)}
 
@@ -121,11 +121,6 @@ def _nginx_sites(settings: HostSettings, certificate_ops: list):
 
 # ---------------------------------------------------------------- caddy
 
-def caddy_size(size: str) -> str:
-    """nginx reads 50M as 50 MiB; caddy reads 50MB as 50 * 10^6 bytes, so say MiB."""
-    return f"{size}iB" if size[-1] in "KMG" else size
-
-
 def size_bytes(size: str) -> int:
     """'50M' (nginx's and Synapse's notation, binary units) in bytes."""
     factor = 1024 ** ("KMG".index(size[-1]) + 1) if size[-1] in "KMG" else 1
@@ -141,23 +136,21 @@ def _caddy_tls(settings: HostSettings, cert_name: str) -> dict:
     """Provided files go into the site; with ACME caddy obtains the certificates itself."""
     if settings.tls.mode != "provided":
         return {"cert": "", "key": ""}
-    cert, key = certificate_paths_for(settings, cert_name)
+    cert, key = certificate_paths(settings, cert_name)
     return {"cert": cert, "key": key}
 
 
 def caddyfile_context(settings: HostSettings) -> dict:
     acme = settings.tls.mode == "acme"
-    homeservers = [{"hs": hs, "addresses": _addresses(hs.proxy_names, hs.federation_open),
-                    **_caddy_tls(settings, hs.cert_name),
-                    **wellknown.documents_json(hs, serve_server=hs.serves_server_well_known)}
+    # the nginx sites' contexts, with caddy's addresses and certificate files
+    homeservers = [{**site_context(settings, hs), **_caddy_tls(settings, hs.cert_name),
+                    "addresses": _addresses(hs.proxy_names, hs.federation_open)}
                    for hs in settings.homeservers]
-    delegations = [{"server_name": d.server_name, "public_host": d.public_host,
-                    "addresses": _addresses([d.server_name], federation=False),
-                    **_caddy_tls(settings, d.server_name), **wellknown.documents_json(d)}
+    delegations = [{**delegation_context(settings, d), **_caddy_tls(settings, d.server_name),
+                    "addresses": _addresses([d.server_name], federation=False)}
                    for d in settings.delegations]
     return {"acme_directory": settings.tls.acme_directory if acme else "",
             "email": (settings.tls.email or "") if acme else "",
-            "max_size": caddy_size(settings.max_upload_size),
             "max_bytes": size_bytes(settings.max_upload_size),
             "homeservers": homeservers, "delegations": delegations}
 

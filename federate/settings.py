@@ -336,6 +336,13 @@ def _ports(host: str, raws: list, ssh_port: int) -> list[int]:
     return ports
 
 
+def certificate_names(homeservers: Iterable[Homeserver], delegations: Iterable[Delegation]
+                      ) -> dict[str, tuple[str, ...]]:
+    """Certificate name -> the DNS names it covers, for every site a host serves."""
+    return {**{hs.cert_name: hs.proxy_names for hs in homeservers},
+            **{d.server_name: (d.server_name,) for d in delegations}}
+
+
 def _tls(host: str, raw: Any, wanted: Mapping[str, tuple[str, ...]]) -> Tls:
     """`wanted`: certificate name -> the DNS names that certificate must cover."""
     _expect(host, "tls", raw, dict, "a mapping with 'mode'")
@@ -497,8 +504,7 @@ def host_settings(host: str, data: Mapping[str, Any]) -> HostSettings:
         proxy=_choice(host, "proxy", data.get("proxy"), PROXIES),
         firewall=_choice(host, "firewall", data.get("firewall"), FIREWALLS),
         database=_choice(host, "database", data.get("database"), DATABASES),
-        tls=_tls(host, data.get("tls", {}), {**{hs.cert_name: hs.proxy_names for hs in homeservers},
-                                             **{d.server_name: (d.server_name,) for d in delegations}}),
+        tls=_tls(host, data.get("tls", {}), certificate_names(homeservers, delegations)),
         ip_range_whitelist=_cidrs(host, "ip_range_whitelist", data.get("ip_range_whitelist", [])),
         trusted_key_servers=_key_servers(host, "trusted_key_servers",
                                          data.get("trusted_key_servers")),

@@ -7,10 +7,6 @@ import jinja2
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 
 
-def template_path(name: str) -> str:
-    return str(TEMPLATE_DIR / name)
-
-
 def render(name: str, **context) -> str:
     """Render a template locally (unit tests, and files assembled before upload)."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR),

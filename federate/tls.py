@@ -11,32 +11,27 @@ from pyinfra.operations import apt, files, systemd
 
 from federate import paths
 from federate.ops import PathExists, owed_before_uploads
-from federate.settings import Homeserver, HostSettings
+from federate.settings import HostSettings, certificate_names
 
 LETSENCRYPT_LIVE = "/etc/letsencrypt/live"
 
 
-def certificate_paths(settings: HostSettings, hs: Homeserver) -> tuple[str, str]:
-    """(certificate chain, private key) the proxy uses for this homeserver's names."""
-    return certificate_paths_for(settings, hs.cert_name)
-
-
-def certificate_paths_for(settings: HostSettings, cert_name: str) -> tuple[str, str]:
+def certificate_paths(settings: HostSettings, cert_name: str) -> tuple[str, str]:
+    """(certificate chain, private key) the proxy uses for the names of certificate `cert_name`."""
     base = f"{LETSENCRYPT_LIVE if settings.tls.mode == 'acme' else paths.PROVIDED_TLS_ROOT}/{cert_name}"
     return f"{base}/fullchain.pem", f"{base}/privkey.pem"
 
 
-def wanted_certificates(settings: HostSettings) -> list[tuple[str, list[str]]]:
+def wanted_certificates(settings: HostSettings) -> list[tuple[str, tuple[str, ...]]]:
     """(certificate name, the DNS names it covers) for every site this host serves."""
-    return ([(hs.cert_name, list(hs.proxy_names)) for hs in settings.homeservers]
-            + [(d.server_name, [d.server_name]) for d in settings.delegations])
+    return list(certificate_names(settings.homeservers, settings.delegations).items())
 
 
 @operation()
 def acme_certificate(names: list[str], cert_name: str, directory: str, email: str | None,
                      webroot: str, reload_command: str):
     """Obtain a certificate for `names` once; certbot's own timer renews it afterwards."""
-    if host.get_fact(PathExists, path=f"{LETSENCRYPT_LIVE}/{cert_name}/fullchain.pem"):
+    if host.get_fact(PathExists, path=f"{LETSENCRYPT_LIVE}/{cert_name}/fullchain.pem"):  # certbot's layout
         host.noop(f"certificate {cert_name} exists")
         return
     contact = f"-m {shlex.quote(email)}" if email else "--register-unsafely-without-email"
@@ -71,7 +66,7 @@ def certificates(settings: HostSettings, reload_command: str, reload_marker: str
         return ops
     for cert_name, _ in host.loop(wanted_certificates(settings)):
         given = settings.tls.certificates[cert_name]
-        cert, key = certificate_paths_for(settings, cert_name)
+        cert, key = certificate_paths(settings, cert_name)
         owed_before_uploads(name=f"{cert_name}: proxy reload owed for new files", marker=reload_marker,
                             uploads=[(given["cert"], cert), (given["key"], key)])
         ops.append(files.put(name=f"{cert_name}: certificate", src=given["cert"], dest=cert,

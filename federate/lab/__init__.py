@@ -184,7 +184,7 @@ class Lab:
         self._spawn(state, "pebble", services.pebble_command(config, bridge_ip), env=env)
         root, intermediate = services.pebble_chain(bridge_ip, self.paths.file("lab_ca.pem"))
         bundle = self.paths.file("lab_ca.pem").read_bytes() + root + intermediate
-        self.paths.file("ca_bundle.pem").write_bytes(bundle)
+        self.paths.file(topo.CA_BUNDLE).write_bytes(bundle)
         return root
 
     def _start_proxy(self, state: State, bridge_ip: str, subnet: str, pip_indexes) -> None:
@@ -246,10 +246,10 @@ class Lab:
         inventory = self.paths.file("inventory.py")
         inventory.write_text(topo.render_inventory(topo.inventory_hosts(
             spec, addresses, ssh_key=key, known_hosts=known, bridge_ip=bridge_ip, subnet=str(subnet),
-            secrets_dir=self.paths.file("secrets"), ca_file=self.paths.file("ca_bundle.pem"))))
+            secrets_dir=self.paths.file("secrets"), ca_file=self.paths.file(topo.CA_BUNDLE))))
         info = {
             "name": self.name, "bridge": state.get("bridge"), "subnet": str(subnet), "dns": bridge_ip,
-            "ca_file": str(self.paths.file("ca_bundle.pem")), "ssh_key": str(key),
+            "ca_file": str(self.paths.file(topo.CA_BUNDLE)), "ssh_key": str(key),
             "known_hosts": str(known), "inventory": str(inventory),
             "acme_directory": topo.acme_directory(bridge_ip),
             "hosts": {host: {"address": address} for host, address in addresses.items()},
