@@ -21,13 +21,34 @@ def run_deploy(inventory: str, *extra: str, timeout: int = 1200) -> subprocess.C
 
 def json_totals(result: subprocess.CompletedProcess) -> dict:
     """`results.totals` of a `--json` run; its `success` counts operations that changed something."""
-    return json.loads(result.stdout[result.stdout.index("{"):])["results"]["totals"]
+    return json_document(result)["results"]["totals"]
+
+
+def json_document(result: subprocess.CompletedProcess) -> dict:
+    """The JSON document a `--json` (or `--dry --json`) run prints after its log lines."""
+    return json.loads(result.stdout[result.stdout.index("{"):])
 
 
 def changed_operations(result: subprocess.CompletedProcess, host: str) -> list[list[str]]:
     """The names of the operations of a `--json` run that changed something on `host`."""
-    document = json.loads(result.stdout[result.stdout.index("{"):])
+    document = json_document(result)
     return [op["names"] for op in document["results"]["operations"] if host in op["success"]]
+
+
+def changed_names(result: subprocess.CompletedProcess, host: str) -> set[str]:
+    """Names of the operations that changed `host`, without their deploy's prefix."""
+    return {name.split(" | ")[-1] for names in changed_operations(result, host) for name in names}
+
+
+def assert_converged(inventory: str) -> subprocess.CompletedProcess:
+    """A `--json` re-run that succeeds, with no failed and no changed operation on any host."""
+    result = run_deploy(inventory, "--json")
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    totals = json_totals(result)
+    changed = [(op["names"], op["success"]) for op in json_document(result)["results"]["operations"]
+               if op["success"]]
+    assert totals["error"] == 0 and totals["success"] == 0, (totals, changed)
+    return result
 
 
 def write_inventory(path: Path, source: str, mutate) -> str:

@@ -6,17 +6,15 @@ with tight modes, served as given, and a new certificate is one upload and one r
 from __future__ import annotations
 
 import os
-import socket
-from concurrent.futures import ThreadPoolExecutor
 
 
 import pytest
 
-from conftest import LabSession, issue_certificate, served_serial, with_provided_certificate
+from conftest import LabSession, issue_certificate, open_ports, served_serial, with_provided_certificate
 from federate import prove
 from federate.check import check_server
 from federate.lab import Lab
-from federate.lab.runner import REPO_ROOT, changed_operations, json_totals, run_deploy, write_inventory
+from federate.lab.runner import REPO_ROOT, assert_converged, changed_names, run_deploy, write_inventory
 
 pytestmark = pytest.mark.lab
 
@@ -54,11 +52,6 @@ def variant(tmp_path_factory):
         lab.down()
 
 
-def changed_on(result, host: str) -> set[str]:
-    """Names of the operations that changed `host`, without their deploy's prefix."""
-    return {name.split(" | ")[-1] for names in changed_operations(result, host) for name in names}
-
-
 def test_deploy_prints_the_dns_records_to_create(variant):
     info, result = variant
     output = result.stdout + result.stderr
@@ -91,20 +84,12 @@ def test_room_across_hosts_through_both_discoveries(variant):
 
 def test_delegation_host_runs_no_synapse_and_opens_only_web_ports(variant):
     info, _ = variant
-    address = info["hosts"]["web"]["address"]
-
-    def is_open(port):
-        with socket.socket() as sock:
-            sock.settimeout(1.0)
-            return port if sock.connect_ex((address, port)) == 0 else None
-    with ThreadPoolExecutor(max_workers=64) as pool:
-        open_ports = {p for p in pool.map(is_open, list(range(1, 1025)) + [8008, 8448]) if p}
-    assert open_ports == {22, 80, 443}
+    assert open_ports(info["hosts"]["web"]["address"]) == {22, 80, 443}
 
 
 def test_second_run_changes_nothing(variant):
     info, _ = variant
-    assert json_totals(run_deploy(info["inventory"], "--json"))["success"] == 0
+    info["session"].noop_rerun()
 
 
 def test_switching_sqlite_to_postgres_is_refused(variant, tmp_path):
@@ -136,9 +121,9 @@ def test_new_provided_certificate_is_one_upload_and_one_reload(variant):
     _, new_serial = issue_certificate(info["session"].lab, info["provided_dir"], PROVIDED_NAMES)
     result = run_deploy(info["inventory"], "--json")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert changed_on(result, "hs2") == {"delta.test: proxy reload owed for new files", "delta.test: certificate",
+    assert changed_names(result, "hs2") == {"delta.test: proxy reload owed for new files", "delta.test: certificate",
                                          "delta.test: private key", "nginx: reload on change", "nginx: reload done"}
-    assert not changed_on(result, "hs1") and not changed_on(result, "web")
+    assert not changed_names(result, "hs1") and not changed_names(result, "web")
     assert served_serial(info, "matrix.delta.test", 8448) == new_serial
     assert info["session"].ssh("hs2", main_pid).stdout.strip() == nginx_before  # reloaded, not restarted
-    assert json_totals(run_deploy(info["inventory"], "--json"))["success"] == 0
+    assert_converged(info["inventory"])

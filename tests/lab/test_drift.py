@@ -10,13 +10,13 @@ import pytest
 
 from federate import prove
 from federate.clients import find_traces, leave_traces
-from federate.lab.runner import changed_operations, json_totals, run_deploy
+from federate.lab.runner import assert_converged, changed_operations, run_deploy
 from federate.probe import https_get
 
 pytestmark = pytest.mark.lab
 
 BETA = "/etc/matrix-synapse/beta.test"
-KEPT_FILES = f"{BETA}/signing.key {BETA}/secrets.yaml /var/lib/matrix-synapse/beta.test/homeserver.db"
+KEPT_FILES = f"{BETA}/signing.key {BETA}/secrets.yaml"  # the database is PostgreSQL: its data is checked via the API
 
 # name: (tamper command on hs2, substrings of the operations that must change, and nothing else).
 # A restart or reload is owed before the change goes live and cleared after it ran ("... done").
@@ -50,7 +50,7 @@ TAMPERS = {
 def before(deployed):
     users = prove.accounts(prove.load_settings(deployed.inventory))
     traces = asyncio.run(leave_traces(users["beta.test"], deployed.info["dns"], deployed.info["ca_file"]))
-    hashes = deployed.ssh("hs2", f"sha256sum {KEPT_FILES} | head -2").stdout
+    hashes = deployed.ssh("hs2", f"sha256sum {KEPT_FILES}").stdout
     return users, traces, hashes
 
 
@@ -78,8 +78,7 @@ def test_one_run_repairs_exactly_the_drift(deployed, before, case):
     missing = [e for e in expected if not any(e in n for names in changed for n in names)]
     assert not unexpected and not missing, f"changed: {changed}"
     assert changed_operations(repair, "hs1") == []  # the other host did not drift
-    again = run_deploy(deployed.inventory, "--json")
-    assert json_totals(again)["success"] == 0, changed_operations(again, "hs2")
+    assert_converged(deployed.inventory)
     # Seen from outside: beta.test serves its well-known and federation API again.
     reply = https_get("beta.test", 8448, "/_matrix/key/v2/server", ca_file=info["ca_file"], dns_server=info["dns"])
     assert reply.status == 200 and reply.json()["server_name"] == "beta.test"
@@ -93,4 +92,4 @@ def test_rooms_messages_media_and_keys_survived(deployed, before):
                                                    deployed.info["ca_file"], traces))
     assert "still here" in bodies
     assert media_sha256 == traces["sha256"]
-    assert deployed.ssh("hs2", f"sha256sum {KEPT_FILES} | head -2").stdout == hashes
+    assert deployed.ssh("hs2", f"sha256sum {KEPT_FILES}").stdout == hashes

@@ -20,7 +20,7 @@ import pytest
 
 from federate.check import check_server
 from federate.lab import pki
-from federate.lab.runner import REPO_ROOT, json_totals, run_deploy, write_inventory
+from federate.lab.runner import REPO_ROOT, assert_converged, run_deploy, write_inventory
 from federate.probe import https_get
 
 pytestmark = pytest.mark.lab
@@ -276,9 +276,7 @@ def test_after_deploy_check_fails_the_deploy_it_cannot_repair(deployed, tmp_path
 
 def test_converged_deploy_checks_federation_and_changes_nothing(deployed):
     """Last: every break above was undone; a normal run changes nothing and checks all servers."""
-    result = run_deploy(deployed.inventory, "--json")
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert json_totals(result)["success"] == 0
+    result = assert_converged(deployed.inventory)
     for name, expected in EXPECTED.items():
         assert f"[PASS] {name} on {HOSTS[name]}, expected {expected}: " in result.stderr
     operations = json.loads(result.stdout[result.stdout.index("{"):])["results"]["operations"]
