@@ -15,8 +15,8 @@ import os
 import statistics
 import time
 
-from federate import prove
-from federate.clients import room_across_servers
+from federate.lab import prove
+from federate.lab.clients import room_across_servers
 from federate.lab import Lab
 from federate.lab.runner import REPO_ROOT, json_totals, run_deploy
 

@@ -1,4 +1,7 @@
-"""`federate` command line. Subcommands register themselves in `build_parser` (one function each)."""
+"""federate: check and verify Matrix federation, and run the lab of test hosts.
+
+Deploys run with pyinfra: `pyinfra INVENTORY deploy.py` (README, "Use as a library").
+"""
 
 from __future__ import annotations
 
@@ -6,21 +9,72 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
-from federate.check import add_check_parser
-from federate.prove import add_prove_parser
-from federate.verify import add_verify_parser
+LAB_EXTRA_MISSING = ("federate {command} needs the lab extra (matrix-nio and the lab tools): "
+                     "pip install 'federate[lab]'")
 
 
 def _print(message: str) -> None:
     print(message, flush=True)
 
 
-# --- federate lab ----------------------------------------------------------------------------------
+# --- federate check / verify: the federation checker, in every install ---------------------------
+
+def add_check_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "check", help="test a homeserver's federation like a remote server would (the federation tester)")
+    parser.add_argument("server_name", metavar="SERVER_NAME", help="the server name (the part after ':' in user IDs)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON (federation tester fields)")
+    parser.add_argument("--dns-server", metavar="IP", help="ask this DNS server (IP or IP:PORT) instead of the system's")
+    parser.add_argument("--ca-file", metavar="PEM", help="trust these CA certificates instead of the system's")
+    parser.add_argument("--timeout", metavar="S", type=float, default=10.0, help="seconds per connection")
+    parser.set_defaults(handler=check_command)
+
+
+def check_command(args) -> int:
+    from federate.checker.report import check_server
+    from federate.checker.text import format_report
+
+    report = check_server(args.server_name, dns_server=args.dns_server, ca_file=args.ca_file,
+                          timeout=args.timeout)
+    _print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0 if report["FederationOK"] else 1
+
+
+def add_verify_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "verify", help="check every homeserver of an inventory against its federation settings")
+    parser.add_argument("inventory", metavar="INVENTORY", help="the pyinfra inventory file the deploy used")
+    parser.add_argument("--dns-server", metavar="IP", help="ask this DNS server (default: each host's "
+                        "verify.dns_server, else the system's)")
+    parser.add_argument("--ca-file", metavar="PEM", help="trust these CAs (default: each host's "
+                        "verify.ca_file, else the system's)")
+    parser.add_argument("--timeout", metavar="S", type=float, help="seconds per connection "
+                        "(default: each host's verify.timeout)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.set_defaults(handler=verify_command)
+
+
+def verify_command(args) -> int:
+    from federate.checker.policy import format_results, verify_settings
+    from federate.inventory import load_settings
+
+    results = verify_settings(load_settings(args.inventory), args.dns_server, args.ca_file, args.timeout)
+    ok = all(r.ok for r in results)
+    if args.json:
+        _print(json.dumps({"ok": ok, "results": [asdict(r) for r in results]}, indent=2))
+    else:
+        _print(format_results(results))
+    return 0 if ok else 1
+
+
+# --- federate lab / prove: only with the lab extra ---------------------------------------------
 
 def add_lab_parser(subparsers) -> None:
-    lab = subparsers.add_parser("lab", help="disposable Debian hosts (systemd-nspawn) to deploy to")
+    lab = subparsers.add_parser("lab", help="disposable Debian hosts (systemd-nspawn) to deploy to "
+                                            "(needs federate[lab])")
     actions = lab.add_subparsers(dest="lab_action", required=True)
     for action, text in (("up", "boot the lab (or report the running one)"),
                          ("down", "remove everything the lab made"),
@@ -80,22 +134,48 @@ def _print_status(report: dict) -> None:
                f"{'running' if data['running'] else 'stopped'}, ssh {'answers' if data['ssh'] else 'closed'}")
 
 
-# --- main ------------------------------------------------------------------------------------------
+def add_prove_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "prove", help="check a deployed lab from outside: well-known, TLS, keys, a room across hosts "
+                      "(needs federate[lab])")
+    parser.add_argument("--lab-json", default=".lab/lab.json", help="the lab's lab.json (default: the demo lab)")
+    parser.add_argument("--messages", type=int, default=3, help="messages each way in the cross-host room")
+    parser.set_defaults(handler=prove)
+
+
+def prove(args) -> int:
+    from federate.lab.prove import prove_command
+
+    return prove_command(args)
+
+
+# --- main ----------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="federate", description=__doc__)
+    parser = argparse.ArgumentParser(prog="federate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True)
-    add_lab_parser(subparsers)
-    add_prove_parser(subparsers)
     add_check_parser(subparsers)
     add_verify_parser(subparsers)
+    add_lab_parser(subparsers)
+    add_prove_parser(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Inventories are loaded with pyinfra's CLI code, which patches the standard library for
+    # gevent when imported; patch first, as pyinfra's own CLI does, before ssl is in use.
+    from gevent import monkey
+
+    monkey.patch_all()
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
+    except ModuleNotFoundError as error:
+        if args.command in ("lab", "prove"):
+            print(f"federate: {LAB_EXTRA_MISSING.format(command=args.command)} ({error})", file=sys.stderr)
+            return 1
+        raise
     except (RuntimeError, ValueError, OSError) as error:
         print(f"federate: {error}", file=sys.stderr)
         return 1

@@ -26,9 +26,24 @@ TLS_MODES = ("acme", "provided")
 # well-known published by another host (a delegation host), or a _matrix-fed._tcp SRV record.
 DISCOVERIES = ("well-known", "delegated", "srv")
 
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+
+# The library's defaults for host data: an inventory with no group_data gets these. Override
+# any of them in the inventory's host data or in group_data/*.py (README, "Settings").
+DEFAULTS: dict[str, Any] = {
+    "synapse_version": "1.163.2",  # pinned; change it to upgrade (the next run upgrades in place)
+    "proxy": "nginx",
+    "firewall": "ufw",
+    "database": "postgres",
+    "tls": {"mode": "acme", "acme_directory": LETS_ENCRYPT},
+    "max_upload_size": "50M",
+    "secrets_dir": ".secrets",  # relative to the inventory file's folder
+}
+
 # Ports the proxy and SSH own on every host; Synapse listeners must stay off them.
 RESERVED_PORTS = {22, 80, 443, 8448}
 FIRST_SYNAPSE_PORT = 8008
+POSTGRES_NAME_LIMIT = 63  # bytes in an identifier (NAMEDATALEN - 1)
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DNS_NAME = re.compile(rf"^(?:{_LABEL}\.)+{_LABEL}$")
@@ -145,6 +160,12 @@ class Homeserver:
     def serves_server_well_known(self) -> bool:
         return self.discovery == "well-known"
 
+    @property
+    def database_name(self) -> str:
+        """Its PostgreSQL role and database: synapse_ and the host name with '.' and '-' as '_'.
+        Two names can map to one (a-b.test, a.b.test): validation refuses that on one host."""
+        return "synapse_" + re.sub(r"[^a-z0-9]", "_", self.host_name)
+
 
 @dataclass(frozen=True)
 class Delegation:
@@ -184,7 +205,7 @@ class HostSettings:
     trusted_key_servers: tuple[Mapping[str, Any], ...] | None  # None: Synapse's default
     max_upload_size: str
     ssh_port: int
-    secrets_dir: str  # on the controller: generated user passwords, mode 0600
+    secrets_dir: str  # absolute, on the controller: generated user passwords, mode 0600
     verify: Verify
 
 
@@ -310,6 +331,21 @@ def _homeserver(host: str, path: str, raw: Any, port: int) -> Homeserver:
     )
 
 
+def _database_names(host: str, homeservers: list[Homeserver]):
+    """PostgreSQL names are at most 63 bytes, and one cluster serves every homeserver of a host."""
+    owner: dict[str, str] = {}
+    for i, hs in enumerate(homeservers):
+        name = hs.database_name
+        if len(name) > POSTGRES_NAME_LIMIT:
+            _fail(host, f"homeservers[{i}].server_name", f"its PostgreSQL database name {name!r} has "
+                  f"{len(name)} characters, more than PostgreSQL's {POSTGRES_NAME_LIMIT}: use a shorter "
+                  "server name, or database: sqlite")
+        if name in owner:
+            _fail(host, f"homeservers[{i}].server_name", f"{hs.server_name!r} and {owner[name]!r} would share "
+                  f"the PostgreSQL database {name!r} ('.' and '-' both become '_'): deploy them on different hosts")
+        owner[name] = hs.server_name
+
+
 def _ports(host: str, raws: list, ssh_port: int) -> list[int]:
     """Each homeserver's local listener port: given ones checked, missing ones assigned."""
     taken: dict[int, int] = {}
@@ -343,12 +379,13 @@ def certificate_names(homeservers: Iterable[Homeserver], delegations: Iterable[D
             **{d.server_name: (d.server_name,) for d in delegations}}
 
 
-def _tls(host: str, raw: Any, wanted: Mapping[str, tuple[str, ...]]) -> Tls:
-    """`wanted`: certificate name -> the DNS names that certificate must cover."""
+def _tls(host: str, raw: Any, wanted: Mapping[str, tuple[str, ...]], base_dir: Path) -> Tls:
+    """`wanted`: certificate name -> the DNS names that certificate must cover; relative file
+    paths are relative to `base_dir` (the inventory's folder)."""
     _expect(host, "tls", raw, dict, "a mapping with 'mode'")
     _reject_unknown(host, "tls", raw, TLS_KEYS)
     mode = _choice(host, "tls.mode", raw.get("mode", "acme"), TLS_MODES)
-    directory = _expect(host, "tls.acme_directory", raw.get("acme_directory", ""), str, "a URL")
+    directory = _expect(host, "tls.acme_directory", raw.get("acme_directory", LETS_ENCRYPT), str, "a URL")
     email = raw.get("email")
     if email is not None and (not isinstance(email, str) or "@" not in email):
         _fail(host, "tls.email", f"must be an e-mail address, got {email!r}")
@@ -357,12 +394,13 @@ def _tls(host: str, raw: Any, wanted: Mapping[str, tuple[str, ...]]) -> Tls:
     if mode == "acme" and not directory.startswith("https://"):
         _fail(host, "tls.acme_directory", f"must be an https:// URL, got {directory!r}")
     if mode == "provided":
-        certificates = {name: _provided_files(host, f"tls.certificates.{name}", certificates.get(name), names)
+        certificates = {name: _provided_files(host, f"tls.certificates.{name}", certificates.get(name), names,
+                                              base_dir)
                         for name, names in wanted.items()}
     return Tls(mode, directory, email, certificates)
 
 
-def _provided_files(host: str, path: str, files: Any, names: tuple[str, ...]) -> dict[str, str]:
+def _provided_files(host: str, path: str, files: Any, names: tuple[str, ...], base_dir: Path) -> dict[str, str]:
     """Absolute paths of a readable certificate chain and its unencrypted key, covering `names`.
 
     Checked on the controller, so a wrong file fails here and not as a proxy that will not start.
@@ -374,7 +412,7 @@ def _provided_files(host: str, path: str, files: Any, names: tuple[str, ...]) ->
     for kind in ("cert", "key"):
         if not isinstance(files[kind], str) or not files[kind]:
             _fail(host, f"{path}.{kind}", f"must be a file path on the controller, got {files[kind]!r}")
-        absolute = Path(files[kind]).expanduser().absolute()
+        absolute = (base_dir / Path(files[kind]).expanduser()).absolute()
         try:
             content[kind] = absolute.read_bytes()
         except OSError as error:
@@ -473,8 +511,12 @@ def _key_servers(host: str, path: str, value: Any) -> tuple[dict, ...] | None:
     return tuple(value)
 
 
-def host_settings(host: str, data: Mapping[str, Any]) -> HostSettings:
-    """Validate one host's data (inventory + group_data merged) into HostSettings."""
+def host_settings(host: str, data: Mapping[str, Any], base_dir: str | Path = ".") -> HostSettings:
+    """Validate one host's data (inventory + group_data merged) into HostSettings. The library's
+    DEFAULTS fill what the data leaves out; relative controller paths (secrets_dir, provided
+    certificates) are relative to `base_dir`, the inventory file's folder."""
+    data = {**DEFAULTS, **data}
+    base_dir = Path(base_dir)
     _reject_unknown(host, "", [k for k in data if not str(k).startswith(FOREIGN_KEY_PREFIXES)],
                     HOST_KEYS)
     ssh_port = data.get("ssh_port", 22)
@@ -490,10 +532,13 @@ def host_settings(host: str, data: Mapping[str, Any]) -> HostSettings:
     for i, hs in enumerate(homeservers):
         if hs.host_name in names[:i]:
             _fail(host, f"homeservers[{i}].server_name", f"{hs.server_name!r} is listed twice")
+    database = _choice(host, "database", data.get("database"), DATABASES)
+    if database == "postgres":
+        _database_names(host, homeservers)
     version = _expect(host, "synapse_version", data.get("synapse_version"), str, "a version string")
     if not re.match(r"^[0-9]+\.[0-9]+\.[0-9]+$", version):
         _fail(host, "synapse_version", f"must be an exact version such as '1.163.2', got {version!r}")
-    size = str(data.get("max_upload_size", "50M"))
+    size = str(data["max_upload_size"])
     if not _SIZE.match(size):
         _fail(host, "max_upload_size", f"must look like '50M', got {size!r}")
     return HostSettings(
@@ -503,22 +548,23 @@ def host_settings(host: str, data: Mapping[str, Any]) -> HostSettings:
         synapse_version=version,
         proxy=_choice(host, "proxy", data.get("proxy"), PROXIES),
         firewall=_choice(host, "firewall", data.get("firewall"), FIREWALLS),
-        database=_choice(host, "database", data.get("database"), DATABASES),
-        tls=_tls(host, data.get("tls", {}), certificate_names(homeservers, delegations)),
+        database=database,
+        tls=_tls(host, data["tls"], certificate_names(homeservers, delegations), base_dir),
         ip_range_whitelist=_cidrs(host, "ip_range_whitelist", data.get("ip_range_whitelist", [])),
         trusted_key_servers=_key_servers(host, "trusted_key_servers",
                                          data.get("trusted_key_servers")),
         max_upload_size=size,
         ssh_port=ssh_port,
-        secrets_dir=_expect(host, "secrets_dir", data.get("secrets_dir", ".secrets"), str, "a path"),
+        secrets_dir=str((base_dir / _expect(host, "secrets_dir", data["secrets_dir"], str, "a path")).absolute()),
         verify=_verify(host, data.get("verify", {})),
     )
 
 
-def inventory_settings(hosts: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, HostSettings]:
+def inventory_settings(hosts: Iterable[tuple[str, Mapping[str, Any]]], base_dir: str | Path = "."
+                       ) -> dict[str, HostSettings]:
     """Validate every host, then what spans hosts (a server name lives on one host only, and a
     delegation points at the API host of the inventory's homeserver of that name)."""
-    settings = {name: host_settings(name, data) for name, data in hosts}
+    settings = {name: host_settings(name, data, base_dir) for name, data in hosts}
     owner: dict[str, str] = {}
     by_name: dict[str, Homeserver] = {}
     for name, hs_settings in settings.items():

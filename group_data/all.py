@@ -1,18 +1,11 @@
-# Defaults for every host. Override any of these in your inventory's host or group data.
-# See README.md, "Settings", for every key.
-
-# Synapse from PyPI, pinned: change it to upgrade (the next run upgrades in place).
-synapse_version = "1.163.2"
-
-proxy = "nginx"        # the reverse proxy terminating TLS on 443 and 8448; or "caddy"
-firewall = "ufw"       # default deny incoming; SSH, 80, 443 and 8448 open; or "nftables"
-database = "postgres"  # Debian's PostgreSQL, a role and a database per homeserver; or "sqlite"
-
-# Certificates from an ACME CA with HTTP-01 on port 80 (certbot; caddy uses its own client).
-# Set "email" for expiry mail, or use "mode": "provided" with your own files (README, "Settings").
-tls = {
-    "mode": "acme",
-    "acme_directory": "https://acme-v02.api.letsencrypt.org/directory",
-}
-
-max_upload_size = "50M"  # Synapse's upload limit; the proxy accepts bodies of the same size
+# Overrides for every host of an inventory run from this folder (or with this folder beside it).
+# federate's defaults live in the library (federate.settings.DEFAULTS, README "Settings"); set a
+# key here to change it for all hosts, or in a group's file (group_data/<group>.py) or in a
+# host's data for fewer. pyinfra's precedence applies: host data over group data over all.
+#
+# synapse_version = "1.163.2"   # pinned; change it to upgrade (the next run upgrades in place)
+# proxy = "caddy"               # default nginx
+# firewall = "nftables"         # default ufw
+# database = "sqlite"           # default postgres
+# tls = {"mode": "acme", "email": "hostmaster@example.com"}   # default: Let's Encrypt, no e-mail
+# max_upload_size = "100M"      # default 50M

@@ -11,7 +11,7 @@ from cryptography import x509
 from unpaddedbase64 import encode_base64
 
 from federate.checker.resolution import Target
-from federate.probe import Response, check_ed25519_key, ed25519_keys, https_request
+from federate.checker.http import Response, check_ed25519_key, ed25519_keys, https_request
 
 KEY_PATH = "/_matrix/key/v2/server"
 VERSION_PATH = "/_matrix/federation/v1/version"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from federate.probe import split_host_port
+from federate.checker.http import split_host_port
 
 HINTS = {
     "dns": {

@@ -21,7 +21,7 @@ from urllib.parse import urljoin, urlsplit
 import dns.exception
 import dns.resolver
 
-from federate.probe import https_request, resolver, split_host_port
+from federate.checker.http import https_request, resolver, split_host_port
 
 DEFAULT_PORT = 8448
 WELL_KNOWN_PATH = "/.well-known/matrix/server"

@@ -16,7 +16,7 @@ import pytest
 from cryptography import x509
 
 from federate.lab import Lab, pki
-from federate.probe import https_get
+from federate.checker.http import https_get
 from federate.lab.runner import REPO_ROOT, assert_converged, json_document, run_deploy, write_inventory
 
 

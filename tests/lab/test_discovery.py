@@ -11,8 +11,8 @@ import os
 import pytest
 
 from conftest import LabSession, issue_certificate, open_ports, served_serial, with_provided_certificate
-from federate import prove
-from federate.check import check_server
+from federate.lab import prove
+from federate.checker.report import check_server
 from federate.lab import Lab
 from federate.lab.runner import REPO_ROOT, assert_converged, changed_names, run_deploy, write_inventory
 

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from federate import prove
-from federate.clients import find_traces, leave_traces
+from federate.lab import prove
+from federate.lab.clients import find_traces, leave_traces
 from federate.lab.runner import assert_converged, changed_operations, run_deploy
-from federate.probe import https_get
+from federate.checker.http import https_get
 
 pytestmark = pytest.mark.lab
 
@@ -40,6 +40,9 @@ TAMPERS = {
                                       {"beta.test: owner and mode of secrets.yaml",
                                        "beta.test: homeserver.yaml owner and mode",
                                        "beta.test: data dir"}),
+    "PostgreSQL auth files' modes and owners changed": (
+        "chmod 644 /etc/postgresql/*/main/pg_hba.conf && chown root:root /etc/postgresql/*/main/pg_ident.conf",
+        {"pg_hba.conf owner and mode", "pg_ident.conf owner and mode"}),
     "package missing from the venv": ("/opt/matrix-synapse/venv/bin/python -m pip uninstall -q -y attrs",
                                       {"Reinstall packages missing", "beta.test: restart on change",
                                        "beta.test: restart done"}),

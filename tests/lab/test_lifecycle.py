@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import runpy
 import signal
 import subprocess
 import time
@@ -14,15 +13,16 @@ import time
 import pytest
 import yaml
 
-from federate import prove
-from federate.clients import find_traces, leave_traces
+from federate.lab import prove
+from federate.lab.clients import find_traces, leave_traces
 from federate.lab import Lab
+from federate.settings import DEFAULTS
 from federate.lab.runner import PYINFRA, REPO_ROOT, assert_converged, run_deploy, write_inventory
-from federate.probe import https_get
+from federate.checker.http import https_get
 
 pytestmark = pytest.mark.lab
 
-NEW = runpy.run_path(str(REPO_ROOT / "group_data" / "all.py"))["synapse_version"]
+NEW = DEFAULTS["synapse_version"]
 OLD = "1.162.0"       # an earlier release: the upgrade starts here
 ANCIENT = "1.80.0"    # schema 74: older than today's databases accept (compat floor 84)
 SERVER = "gamma.test"

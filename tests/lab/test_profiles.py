@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from federate import prove
-from federate.probe import https_get
+from federate.lab import prove
+from federate.checker.http import https_get
 
 pytestmark = pytest.mark.lab
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from federate import prove
-from federate.probe import https_get
+from federate.lab import prove
+from federate.checker.http import https_get
 
 from federate.lab.runner import run_deploy
 from conftest import open_ports

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from federate.check import check_server
+from federate.checker.report import check_server
 from federate.lab import pki
 from federate.lab.runner import REPO_ROOT, assert_converged, run_deploy, write_inventory
-from federate.probe import https_get
+from federate.checker.http import https_get
 
 pytestmark = pytest.mark.lab
 

@@ -6,7 +6,6 @@ Binding ports 443 and 8448 on distinct loopback addresses needs root.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -14,7 +13,9 @@ import time
 
 import pytest
 
-from federate.check import add_check_parser, check_command, check_server, format_report
+from federate import cli
+from federate.checker.report import check_server
+from federate.checker.text import format_report
 from federate.checker.hints import HINTS, synapse_blocks
 from federate.checker.resolution import cache_lifetime, parse_server_name
 from checkserver import Route, TestCA, World, homeserver_routes, json_route, redirect, server_well_known
@@ -350,9 +351,7 @@ def test_report_uses_the_federation_tester_fields(world):
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser()
-    add_check_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(argv)
+    return cli.build_parser().parse_args(argv)
 
 
 def test_command_exit_code_and_json(world, capsys):
@@ -362,7 +361,7 @@ def test_command_exit_code_and_json(world, capsys):
     assert args.handler(args) == 0
     assert json.loads(capsys.readouterr().out)["FederationOK"] is True
     args = parse(["check", "nowhere.test", "--dns-server", world.dns.address, "--timeout", "3"])
-    assert check_command(args) == 1
+    assert args.handler(args) == 1
     assert "Federation: FAILED" in capsys.readouterr().out
 
 

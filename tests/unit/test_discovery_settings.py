@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from federate import dns, proxy
+from federate.deploy import dns_records as dns
+from federate.deploy.proxy import proxy_for
 from federate.settings import SettingsError, host_settings, inventory_settings
-from federate.templates import render
+from federate.deploy.templating import render
 
 BASE = {"synapse_version": "1.163.2", "proxy": "nginx", "firewall": "ufw", "database": "sqlite",
         "tls": {"mode": "acme", "acme_directory": "https://acme.test/dir"}}
@@ -23,11 +24,11 @@ def test_delegated_homeserver_serves_only_its_api_host():
     hs = s["hs1"].homeservers[0]
     assert hs.proxy_names == ("matrix.gamma.test",) and hs.cert_name == "matrix.gamma.test"
     assert s["web"].delegations[0].public_host == "matrix.gamma.test"  # filled in from the homeserver
-    site = dict(proxy.wanted_sites(s["web"]))["/etc/nginx/conf.d/federate-gamma.test.conf"]
+    site = dict(proxy_for(s["web"]).wanted_sites())["/etc/nginx/conf.d/federate-gamma.test.conf"]
     assert "server_name gamma.test;" in site and "proxy_pass" not in site
     body = site.split("/.well-known/matrix/server")[1].split("return 200 '")[1].split("'")[0]
     assert json.loads(body) == {"m.server": "matrix.gamma.test:443"}
-    own = dict(proxy.wanted_sites(s["hs1"]))["/etc/nginx/conf.d/federate-matrix.gamma.test.conf"]
+    own = dict(proxy_for(s["hs1"]).wanted_sites())["/etc/nginx/conf.d/federate-matrix.gamma.test.conf"]
     assert "/.well-known/matrix/server" not in own  # published by the delegation host instead
 
 
@@ -48,7 +49,7 @@ def test_srv_homeserver_serves_no_server_well_known_and_needs_an_srv_record():
     s = inventory(hs2={"homeservers": [{"server_name": "delta.test", "public_host": "matrix.delta.test",
                                         "discovery": "srv"}]})
     settings = s["hs2"]
-    site = dict(proxy.wanted_sites(settings))["/etc/nginx/conf.d/federate-delta.test.conf"]
+    site = dict(proxy_for(settings).wanted_sites())["/etc/nginx/conf.d/federate-delta.test.conf"]
     assert "/.well-known/matrix/server" not in site and "/.well-known/matrix/client" in site
     assert "server_name delta.test matrix.delta.test;" in site
     lines = dns.records(settings, ["10.0.0.2", "2001:db8::2"])

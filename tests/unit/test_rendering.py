@@ -4,9 +4,10 @@ import json
 
 import yaml
 
-from federate import proxy, synapse
+from federate.deploy import synapse
+from federate.deploy.proxy import proxy_for
 from federate.settings import host_settings
-from federate.templates import render
+from federate.deploy.templating import render
 
 
 def settings(homeservers, **extra):
@@ -38,7 +39,7 @@ def test_internal_homeserver_without_partners_exposes_no_federation():
     config = yaml.safe_load(synapse.render_homeserver_yaml(s, s.homeservers[0]))
     assert config["federation_domain_whitelist"] == []
     assert config["listeners"][0]["resources"][0]["names"] == ["client"]
-    site = render("federate-homeserver.conf.j2", **proxy.site_context(s, s.homeservers[0]))
+    site = render("federate-homeserver.conf.j2", **proxy_for(s).site_context(s.homeservers[0]))
     assert "8448" not in site
 
 
@@ -51,7 +52,7 @@ def test_whitelist_keeps_only_whitelisted_key_servers():
 
 def test_nginx_site_routes():
     s = settings([{"server_name": "alpha.test", "public_host": "matrix.alpha.test", "port": 8100}])
-    site = render("federate-homeserver.conf.j2", **proxy.site_context(s, s.homeservers[0]))
+    site = render("federate-homeserver.conf.j2", **proxy_for(s).site_context(s.homeservers[0]))
     assert "server_name alpha.test matrix.alpha.test;" in site
     for port in ("443", "8448"):
         assert f"listen {port} ssl http2;" in site
@@ -63,7 +64,7 @@ def test_nginx_site_routes():
 
 
 def test_unit_runs_both_config_files():
-    from federate import paths
+    from federate.deploy import paths
     unit = render("matrix-synapse@.service.j2", paths=paths)
     assert "--config-path=/etc/matrix-synapse/%i/homeserver.yaml" in unit
     assert "--config-path=/etc/matrix-synapse/%i/secrets.yaml" in unit

@@ -1,11 +1,11 @@
 """The settings model: defaults, derived values, and bad input refused with host + field named."""
 
-import runpy
 from pathlib import Path
 
 import pytest
 
 from federate.lab import pki
+from federate.inventory import load_settings
 from federate.settings import SettingsError, host_settings, inventory_settings
 
 
@@ -177,10 +177,9 @@ def test_provided_certificates_are_checked_on_the_controller(issue, tmp_path):
     refused(provided({"alpha.test": {"cert": good["cert"]}}), "tls.certificates.alpha.test")
 
 
-def test_provided_certificate_paths_become_absolute(issue, tmp_path, monkeypatch):
+def test_provided_certificate_paths_are_relative_to_the_inventory(issue, tmp_path):
     issue("rel", "alpha.test")
-    monkeypatch.chdir(tmp_path)
-    tls = host_settings("h1", provided({"alpha.test": {"cert": "rel.crt", "key": "rel.key"}})).tls
+    tls = host_settings("h1", provided({"alpha.test": {"cert": "rel.crt", "key": "rel.key"}}), base_dir=tmp_path).tls
     assert tls.certificates["alpha.test"] == {"cert": str(tmp_path / "rel.crt"), "key": str(tmp_path / "rel.key")}
 
 
@@ -212,11 +211,9 @@ def test_verify_setting():
     refused(data(verify={"after_deply": True}), "verify.after_deply")
 
 
-def test_example_inventory_is_valid_with_the_shipped_defaults():
+def test_example_inventory_is_valid_with_the_library_defaults():
     root = Path(__file__).resolve().parents[2]
-    defaults = {k: v for k, v in runpy.run_path(str(root / "group_data/all.py")).items() if not k.startswith("_")}
-    hosts = runpy.run_path(str(root / "inventory.py"))["homeservers"]
-    settings = inventory_settings((name, {**defaults, **data}) for name, data in hosts)
+    settings = load_settings(root / "inventory.py")
     hs = settings["matrix.example.com"].homeservers[0]
     assert (hs.server_name, hs.public_host, hs.profile) == ("example.com", "matrix.example.com", "external")
 
@@ -234,3 +231,20 @@ def test_expired_provided_certificate_is_refused(issue, monkeypatch):
                         types.SimpleNamespace(datetime=TenYearsLater, timezone=datetime.timezone))
     message = refused(provided({"alpha.test": issue("old", "alpha.test")}), "tls.certificates.alpha.test.cert")
     assert "expired on" in message
+
+
+def test_postgres_names_that_collide_or_are_too_long_are_refused():
+    message = refused(data(homeservers=[{"server_name": "a-b.example.com"}, {"server_name": "a.b.example.com"}],
+                           database="postgres"),
+                      "homeservers[1].server_name")
+    assert "synapse_a_b_example_com" in message and "'a-b.example.com'" in message
+    long_name = "a" * 50 + ".example.com"
+    message = refused(data(homeservers=[{"server_name": long_name}], database="postgres"), "homeservers[0].server_name")
+    assert "more than PostgreSQL's 63" in message
+    # SQLite has neither limit
+    host_settings("h1", data(homeservers=[{"server_name": long_name}], database="sqlite"))
+
+
+def test_secrets_dir_is_absolute_under_the_inventory_folder(tmp_path):
+    assert host_settings("h1", data(), base_dir=tmp_path).secrets_dir == str(tmp_path / ".secrets")
+    assert host_settings("h1", data(secrets_dir="/srv/s")).secrets_dir == "/srv/s"

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from federate import cli, verify
+from federate import cli
+from federate.checker import policy as verify
 from federate.checker.hints import hint
 from federate.settings import inventory_settings
 

@@ -1,7 +1,8 @@
-"""`federate verify INVENTORY` and the federation check at the end of every deploy.
+"""Each homeserver checked against what its settings promise (`federate verify INVENTORY`, and the
+check at the end of every deploy).
 
-Each homeserver of the inventory is checked from the controller with `federate check`
-(federate.check.check_server) and compared with what its settings promise:
+Each homeserver is checked from the controller with `federate check`
+(federate.checker.report.check_server) and its answer compared with its federation policy:
 
 - `open` (no federation_whitelist): other servers must be able to federate with it;
 - `closed` (an empty whitelist): it must NOT answer federation (no keys, no version);
@@ -12,21 +13,14 @@ Each homeserver of the inventory is checked from the controller with `federate c
 from __future__ import annotations
 
 import ipaddress
-import json
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-from pyinfra import host, logger
-from pyinfra.api import FunctionCommand, deploy, operation
-from pyinfra.context import state
-
-from federate.check import check_server
 from federate.checker.hints import ERROR, WARNING
-from federate.probe import split_host_port
+from federate.checker.http import split_host_port
+from federate.checker.report import check_server
 from federate.settings import Homeserver, HostSettings
 
 OPEN, CLOSED, WHITELIST = "open", "closed", "whitelist"
-SETTLE_SECONDS = 6  # after-deploy only: how long a failure may be a reload still settling
 
 UNEXPECTEDLY_OPEN_FIX = (
     "An empty federation_whitelist means no federation: re-run the deploy (it gives the homeserver no "
@@ -157,77 +151,3 @@ def format_results(results: list[Result]) -> str:
     failed = [r for r in results if not r.ok]
     lines.append(f"{len(results) - len(failed)} as expected, {len(failed)} failed")
     return "\n".join(lines)
-
-
-# --- after each deploy -------------------------------------------------------------------------
-
-@operation()
-def federation_verified(settings: HostSettings):
-    """The homeservers of this host federate as their settings say, checked from the controller.
-
-    It runs at execution time, after the host's other operations, and changes nothing: a
-    converged run still reports 0 changes. A failure stops the run with the report.
-    """
-    names = ", ".join(hs.server_name for hs in settings.homeservers)
-    if not state.is_executing:  # planning, --dry: nothing is deployed yet to check
-        host.noop(f"federation check of {names} runs after the deploy")
-        return
-    results = verify_host(settings)
-    # nginx's reload returns before its new workers answer: a failure right after the deploy is
-    # checked again for a few seconds before it counts.
-    deadline = time.monotonic() + SETTLE_SECONDS
-    while not all(r.ok for r in results) and time.monotonic() < deadline:
-        time.sleep(1)
-        results = verify_host(settings)
-    for result in results:
-        logger.info(f"{host.print_prefix}{result.line()}")
-    failed = [r for r in results if not r.ok]
-    if failed:
-        # A failing function command stops the run with this message and no traceback.
-        yield FunctionCommand(_fail_with, (f"federation check failed on {settings.host} for "
-                                           f"{', '.join(r.server_name for r in failed)}:\n"
-                                           + "\n".join(r.text() for r in failed)
-                                           + "\n(`federate verify INVENTORY` repeats the check; "
-                                             "`verify: {after_deploy: false}` turns it off)",), {})
-        return
-    host.noop(f"federation verified: {names}")
-
-
-def _fail_with(state, host, message: str) -> bool:
-    host.log_styled(message, fg="red", log_func=logger.error)
-    return False
-
-
-@deploy("Federation check")
-def after_deploy(settings: HostSettings):
-    if settings.verify.after_deploy and settings.homeservers:
-        federation_verified(name="from the controller", settings=settings)
-
-
-# --- command line ------------------------------------------------------------------------------
-
-def add_verify_parser(subparsers):
-    parser = subparsers.add_parser(
-        "verify", help="check every homeserver of an inventory against its federation settings")
-    parser.add_argument("inventory", metavar="INVENTORY", help="the pyinfra inventory file the deploy used")
-    parser.add_argument("--dns-server", metavar="IP", help="ask this DNS server (default: each host's "
-                        "verify.dns_server, else the system's)")
-    parser.add_argument("--ca-file", metavar="PEM", help="trust these CAs (default: each host's "
-                        "verify.ca_file, else the system's)")
-    parser.add_argument("--timeout", metavar="S", type=float, help="seconds per connection "
-                        "(default: each host's verify.timeout)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.set_defaults(handler=verify_command)
-    return parser
-
-
-def verify_command(args) -> int:
-    from federate.prove import load_settings  # the clients it imports are not needed for the deploy
-
-    results = verify_settings(load_settings(args.inventory), args.dns_server, args.ca_file, args.timeout)
-    ok = all(r.ok for r in results)
-    if args.json:
-        print(json.dumps({"ok": ok, "results": [asdict(r) for r in results]}, indent=2))
-    else:
-        print(format_results(results))
-    return 0 if ok else 1

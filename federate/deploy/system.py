@@ -1,4 +1,4 @@
-"""Debian packages every component needs, installed in one apt transaction."""
+"""Debian packages: each component declares its own; all are installed in one apt transaction."""
 
 from __future__ import annotations
 
@@ -7,22 +7,25 @@ from pyinfra.api import deploy
 from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import apt
 
-from federate.ops import config_file, dpkg_consistent
+from federate.deploy import database, synapse
+from federate.deploy.firewall import firewall_for
+from federate.deploy.proxy import proxy_for
+from federate.pyinfra_ext.apt import dpkg_consistent
+from federate.pyinfra_ext.files import config_file
 from federate.settings import HostSettings
 
+BASE_PACKAGES = ("curl",)
 # Wait for another apt or dpkg (an unattended upgrade, an interrupted run) instead of failing.
 APT_LOCK_TIMEOUT = 'DPkg::Lock::Timeout "300";\n'
 
 
 def wanted_packages(settings: HostSettings) -> list[str]:
-    wanted = ["curl", settings.proxy, settings.firewall]
+    proxy = proxy_for(settings)
+    wanted = [*BASE_PACKAGES, *proxy.packages, *proxy.certificates.packages,
+              *firewall_for(settings).packages]
     if settings.homeservers:
-        wanted.append("python3-venv")
-    if settings.tls.mode == "acme" and settings.proxy == "nginx":
-        wanted.append("certbot")  # caddy has its own ACME client
-    if settings.database == "postgres":
-        wanted.append("postgresql")
-    return wanted
+        wanted += [*database.packages(settings), *synapse.PACKAGES]
+    return list(dict.fromkeys(wanted))
 
 
 @deploy("System packages")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import runpy
 import statistics
 import time
 from dataclasses import dataclass
@@ -16,12 +15,11 @@ from pathlib import Path
 
 from nio import ErrorResponse
 
-from federate.clients import Account, attempts_from_outside, room_across_servers
-from federate.probe import https_get, verify_server_keys
-from federate.settings import Homeserver, HostSettings, inventory_settings
-from federate.synapse import controller_password
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from federate.checker.http import https_get, verify_server_keys
+from federate.deploy.users import controller_password
+from federate.inventory import load_settings
+from federate.lab.clients import Account, attempts_from_outside, room_across_servers
+from federate.settings import Homeserver, HostSettings
 
 
 @dataclass
@@ -32,24 +30,6 @@ class Check:
 
     def line(self) -> str:
         return f"  [{'PASS' if self.ok else 'FAIL'}] {self.name}" + (f": {self.detail}" if self.detail else "")
-
-
-def inventory_hosts(inventory_path: str | Path, group_data_dir: str | Path = REPO_ROOT / "group_data"):
-    """(name, data) for every host of a pyinfra inventory file, with group_data/all.py merged in."""
-    defaults = {k: v for k, v in runpy.run_path(str(Path(group_data_dir) / "all.py")).items()
-                if not k.startswith("_")}
-    hosts = []
-    for group, members in runpy.run_path(str(inventory_path)).items():
-        if group.startswith("_") or not isinstance(members, list):
-            continue
-        for member in members:
-            name, data = member if isinstance(member, tuple) else (member, {})
-            hosts.append((name, {**defaults, **data}))
-    return hosts
-
-
-def load_settings(inventory_path) -> dict[str, HostSettings]:
-    return inventory_settings(inventory_hosts(inventory_path))
 
 
 def _check(name: str, func) -> Check:
@@ -194,15 +174,8 @@ def prove(lab: dict, messages: int = 1) -> list[Check]:
     return checks + [room] + internal_policy_checks(all_settings, dns, ca_file)
 
 
-def add_prove_parser(subparsers):
-    parser = subparsers.add_parser(
-        "prove", help="check a deployed lab from outside: well-known, TLS, keys, a room across hosts")
-    parser.add_argument("--lab-json", default=".lab/lab.json", help="the lab's lab.json (default: the demo lab)")
-    parser.add_argument("--messages", type=int, default=3, help="messages each way in the cross-host room")
-    parser.set_defaults(handler=prove_command)
-
-
 def prove_command(args) -> int:
+    """`federate prove`: the checks against a lab, a line each."""
     lab = json.loads(Path(args.lab_json).read_text())
     checks = prove(lab, messages=args.messages)
     print(f"federate prove: {len(checks)} checks against lab '{lab.get('name', '?')}'")

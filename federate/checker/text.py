@@ -1,67 +1,13 @@
-"""`federate check SERVER_NAME`: the federation tester, built in.
-
-It resolves a server name the way a remote homeserver does (federate.checker.resolution), looks
-at every address it finds (TLS, signed keys, version: federate.checker.connection), and reports
-with the public federation tester's JSON field names, plus `Client` (what Matrix clients see)
-and `Hints` (the likely fix for each problem: federate.checker.hints).
-"""
+"""The federation check's report as text for people (`federate check` without --json)."""
 
 from __future__ import annotations
 
 import datetime
-import json
-import socket
-import ssl
 import time
 
-from federate.checker.client import check_client
-from federate.checker.connection import check_connection
-from federate.checker.hints import hints_for, synapse_blocks
-from federate.checker.resolution import Lookup, resolve_server_name
-from federate.probe import split_host_port
+from federate.checker.hints import synapse_blocks
+from federate.checker.http import split_host_port
 
-
-def check_server(server_name: str, *, dns_server: str | None = None, ca_file: str | None = None,
-                 timeout: float = 10.0) -> dict:
-    lookup = Lookup(dns_server, ca_file, timeout)
-    resolution = resolve_server_name(server_name, lookup)
-    report = {"ServerName": server_name, "FederationOK": False, "Error": resolution.error,
-              "WellKnownResult": resolution.well_known, "DNSResult": resolution.dns,
-              "ConnectionReports": {}, "ConnectionErrors": {}, "Version": {}}
-    for target in resolution.targets:
-        try:
-            connection = check_connection(target, server_name, ca_file, timeout)
-            report["ConnectionReports"][target.key] = {"TLSName": target.tls_name, **connection}
-        except OSError as error:
-            report["ConnectionErrors"][target.key] = connection_error(error)
-    report["Version"] = first_version(report["ConnectionReports"])
-    report["FederationOK"] = not report["Error"] and any(
-        connection["Checks"]["AllChecksOK"] for connection in report["ConnectionReports"].values())
-    report["Client"] = check_client(server_name, lookup)
-    report["Hints"] = hints_for(report)
-    return report
-
-
-def connection_error(error: OSError) -> dict:
-    """The tester's {Message}, plus the kind of failure (a refusal or timeout points at a firewall)."""
-    if isinstance(error, ConnectionRefusedError):
-        kind = "refused"
-    elif isinstance(error, (TimeoutError, socket.timeout)):
-        kind = "timeout"
-    elif isinstance(error, ssl.SSLError):
-        kind = "tls"
-    else:
-        kind = "other"
-    return {"Message": f"{type(error).__name__}: {error}", "Kind": kind}
-
-
-def first_version(connection_reports: dict) -> dict:
-    versions = [c["Version"] for c in connection_reports.values()]
-    return next((v for v in versions if "error" not in v), versions[0] if versions else
-                {"error": "no address could be reached"})
-
-
-# --- human output ------------------------------------------------------------------------------
 
 def format_report(report: dict) -> str:
     lines = [f"Federation check of {report['ServerName']}"]
@@ -165,24 +111,3 @@ def client_lines(client: dict) -> list[tuple[str, str]]:
     else:
         lines.append(("PASS", f"client versions: {', '.join(versions['versions'])}"))
     return lines
-
-
-# --- command line ------------------------------------------------------------------------------
-
-def add_check_parser(subparsers):
-    parser = subparsers.add_parser(
-        "check", help="test a homeserver's federation like a remote server would (the federation tester)")
-    parser.add_argument("server_name", metavar="SERVER_NAME", help="the server name (the part after ':' in user IDs)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON (federation tester fields)")
-    parser.add_argument("--dns-server", metavar="IP", help="ask this DNS server (IP or IP:PORT) instead of the system's")
-    parser.add_argument("--ca-file", metavar="PEM", help="trust these CA certificates instead of the system's")
-    parser.add_argument("--timeout", metavar="S", type=float, default=10.0, help="seconds per connection")
-    parser.set_defaults(handler=check_command)
-    return parser
-
-
-def check_command(args) -> int:
-    report = check_server(args.server_name, dns_server=args.dns_server, ca_file=args.ca_file,
-                          timeout=args.timeout)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
-    return 0 if report["FederationOK"] else 1

@@ -8,7 +8,6 @@ role, so there is no database password to generate, store or leak.
 
 from __future__ import annotations
 
-import re
 import shlex
 
 from pyinfra import host
@@ -16,10 +15,11 @@ from pyinfra.api import FactBase, deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import postgres, systemd
 
-from federate import paths
-from federate.ops import changed_or_owed, config_file, pending_marker, settled
+from federate.deploy import paths
+from federate.pyinfra_ext.files import config_file, file_attributes
+from federate.pyinfra_ext.owed import changed_or_owed, pending_marker, settled
 from federate.settings import Homeserver, HostSettings
-from federate.templates import render
+from federate.deploy.templating import render
 
 SOCKET_DIR = "/var/run/postgresql"
 IDENT_MAP = "federate"
@@ -65,9 +65,13 @@ def backend_switch_problem(settings: HostSettings) -> str | None:
     return None
 
 
+def packages(settings: HostSettings) -> list[str]:
+    return ["postgresql"] if settings.database == "postgres" else []
+
+
 def role_name(hs: Homeserver) -> str:
-    """A PostgreSQL identifier derived from the server name (also the database name)."""
-    return "synapse_" + re.sub(r"[^a-z0-9]", "_", hs.host_name)
+    """The homeserver's PostgreSQL role, also its database's name (validated unique per host)."""
+    return hs.database_name
 
 
 def database_config(settings: HostSettings, hs: Homeserver) -> dict:
@@ -108,6 +112,9 @@ def configure(settings: HostSettings):
     hba = config_file(name="pg_hba.conf: peer login through the map for Synapse's databases",
                       dest=f"{conf}/pg_hba.conf", user="postgres", group="postgres", mode="640", owes=reload,
                       content=render("pg_hba.conf.j2", map=IDENT_MAP, roles=roles))
+    for path in host.loop([f"{conf}/pg_ident.conf", f"{conf}/pg_hba.conf"]):
+        file_attributes(name=f"{path.rsplit('/', 1)[1]} owner and mode", path=path, user="postgres",
+                        group="postgres", mode="640")
     systemd.service(name="PostgreSQL: reload on change", service="postgresql", running=True,
                     reloaded=True, _if=changed_or_owed([ident, hba], reload))
     settled(name="PostgreSQL: reload done", marker=reload)

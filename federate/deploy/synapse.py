@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import secrets
-from pathlib import Path
 from typing import Any
 
 import yaml
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, pip, server, systemd
+from pyinfra.operations import files, pip, server, systemd
 
-from federate import paths
-from federate.database import database_config, database_ref, driver_requirements
-from federate.hostscripts import source
-from federate.ops import (DowngradeVerdict, InstalledSynapse, changed_or_owed, config_file, file_attributes,
-                          generated_once, matrix_user, owed_before_install, pending_marker, settled,
-                          venv_consistent, venv_usable, version_tuple)
+from federate.deploy import paths
+from federate.deploy.database import database_config, database_ref, driver_requirements
+from federate.deploy.hostscripts import source
+from federate.deploy.templating import render
+from federate.deploy.users import controller_password, matrix_user
+from federate.deploy.venv import (DowngradeVerdict, InstalledSynapse, is_downgrade, owed_before_install,
+                                  venv_consistent, venv_usable)
+from federate.pyinfra_ext.files import config_file, file_attributes, generated_once
+from federate.pyinfra_ext.owed import changed_or_owed, pending_marker, settled
 from federate.settings import Homeserver, HostSettings
-from federate.templates import render
 
+PACKAGES = ("python3-venv",)  # Synapse itself comes from PyPI into a venv
 SECRET_KEYS = ("registration_shared_secret", "macaroon_secret_key", "form_secret")
 
 
@@ -88,23 +89,11 @@ def _secrets_command(venv_python: str) -> str:
     return f'{venv_python} -c "{script}"'
 
 
-def controller_password(secrets_dir: str, server_name: str, localpart: str) -> str:
-    """A user's password: generated once, kept only on the controller, mode 0600."""
-    folder = Path(secrets_dir) / server_name
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    folder.parent.chmod(0o700)
-    path = folder / f"{localpart}.password"
-    if not path.exists():
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(24))
-    return path.read_text().strip()
-
-
 def downgrade_problem(settings: HostSettings) -> str | None:
     """Why installing an older Synapse would break a database, or None. Checked while planning:
     upgrades and same-version runs cost one fact; only a real downgrade runs the host-side check."""
     installed = host.get_fact(InstalledSynapse, venv=paths.VENV)
-    if installed is None or version_tuple(settings.synapse_version) >= version_tuple(installed):
+    if not is_downgrade(settings.synapse_version, installed):
         return None
     verdict = host.get_fact(DowngradeVerdict, venv=paths.VENV, version=settings.synapse_version,
                             databases=[database_ref(settings, hs) for hs in settings.homeservers],
@@ -116,7 +105,6 @@ def downgrade_problem(settings: HostSettings) -> str | None:
 
 @deploy("Synapse")
 def install_synapse(settings: HostSettings):
-    apt.packages(name="Python venv support", packages=["python3-venv"])
     server.user(name="Service user", user=paths.SYNAPSE_USER, system=True,
                 home=paths.DATA_ROOT, shell="/usr/sbin/nologin")
     requirement = f"matrix-synapse=={settings.synapse_version}"

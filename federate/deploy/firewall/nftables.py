@@ -1,0 +1,91 @@
+"""nftables: one `inet federate` table, checked with `nft -c`, loaded atomically, drift found by
+comparing the live table with what the file makes; removed when ufw takes over."""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra import host
+from pyinfra.api import FactBase, StringCommand, operation
+from pyinfra.operations import systemd
+
+from federate.deploy.firewall import WEB_PORTS, Firewall
+from federate.deploy.templating import render
+from federate.pyinfra_ext.files import config_file, file_attributes
+
+NFTABLES_CONF = "/etc/nftables.conf"
+NFT_TABLE = "inet federate"
+
+
+def render_nftables_conf(ssh_port: int) -> str:
+    return render("nftables.conf.j2", ssh_port=ssh_port, web_ports=[p for p in WEB_PORTS if p != ssh_port])
+
+
+class NftablesLive(FactBase):
+    """'same' when the live federate table is what `path` makes, 'differs' otherwise.
+
+    What the file makes is read back from a scratch network namespace, so both sides are nft's
+    own listing and any drift (a deleted rule, a removed table) shows.
+    """
+
+    requires_command = "nft"
+
+    def command(self, path: str) -> str:
+        load = shlex.quote(f"nft -f {shlex.quote(path)} && nft list table {NFT_TABLE}")
+        return (f"live=$(nft list table {NFT_TABLE} 2>/dev/null); "
+                f"want=$(unshare -n sh -c {load} 2>/dev/null); "
+                '[ -n "$want" ] && [ "$live" = "$want" ] && echo same || echo differs')
+
+    def process(self, output):
+        return "".join(output).strip()
+
+
+class FederateNftables(FactBase):
+    """What is left of a federate nftables policy: 'table' (loaded), 'conf' (ours in
+    /etc/nftables.conf) and 'enabled' (the unit loads it at boot)."""
+
+    def command(self) -> str:
+        return ("command -v nft >/dev/null || exit 0; "
+                f"nft list table {NFT_TABLE} >/dev/null 2>&1 && echo table; "
+                f"grep -qs '^# Managed by federate' {NFTABLES_CONF} && echo conf; "
+                "systemctl is-enabled -q nftables 2>/dev/null && echo enabled; true")
+
+    def process(self, output):
+        return {line.strip() for line in output if line.strip()}
+
+
+@operation()
+def nftables_live(path: str):
+    """The live federate table is exactly what `path` makes (loaded atomically with nft -f)."""
+    if host.get_fact(NftablesLive, path=path) != "same":
+        yield StringCommand(f"nft -f {shlex.quote(path)}")
+
+
+@operation()
+def nftables_off():
+    """No federate nftables policy, now or after a reboot (run once ufw keeps SSH open).
+
+    A policy of the admin's own (not ours) is left alone."""
+    found = host.get_fact(FederateNftables) or set()
+    if {"conf", "enabled"} <= found:
+        yield StringCommand("systemctl disable -q nftables")
+    if "table" in found:
+        yield StringCommand(f"nft delete table {NFT_TABLE}")
+
+
+class Nftables(Firewall):
+    name = "nftables"
+    packages = ("nftables",)
+
+    def apply(self, settings):
+        config_file(name="nftables.conf", dest=NFTABLES_CONF, mode="755",
+                    content=render_nftables_conf(settings.ssh_port), check="nft -c -f {path}")
+        file_attributes(name="nftables.conf owner and mode", path=NFTABLES_CONF, user="root", group="root",
+                        mode="755")
+        nftables_live(name=f"nftables: allow only SSH ({settings.ssh_port}), 80, 443, 8448",
+                      path=NFTABLES_CONF)
+        # Loaded at boot by the unit; not started here, as its stop flushes every table, ufw's too.
+        systemd.service(name="nftables: loaded at boot", service="nftables", enabled=True)
+
+    def retire(self):
+        nftables_off(name="nftables: federate policy off (firewall is ufw)")

@@ -1,0 +1,86 @@
+"""The reverse proxy, one strategy per host: nginx (with certbot) or caddy (its own ACME client).
+
+Both terminate TLS on 443 and 8448 for each server name, serve the well-known files with a plain
+200, answer port 80, and send `/_matrix` and `/_synapse/client` to Synapse on loopback.
+`proxy_for(settings)` picks the strategy once; the deploys below only call its interface.
+"""
+
+from __future__ import annotations
+
+from pyinfra.api import deploy
+from pyinfra.operations import systemd
+
+from federate.deploy import wellknown
+from federate.deploy.tls import Certificates, tls_for
+from federate.pyinfra_ext.owed import changed_or_owed, settled
+from federate.settings import Delegation, Homeserver, HostSettings
+
+
+class Proxy:
+    """What a reverse proxy does for the deploy."""
+
+    name: str
+    packages: tuple[str, ...]
+    reload_marker: str  # the pending marker of an owed reload
+
+    def __init__(self, settings: HostSettings):
+        self.settings = settings
+        self.certificates: Certificates = tls_for(settings)
+
+    def http_site(self) -> None:
+        """Port 80, before certificates are asked for (ACME HTTP-01)."""
+
+    def sites(self, certificate_ops: list) -> None:
+        """The TLS sites of every homeserver and delegation; reload when anything changed."""
+        raise NotImplementedError
+
+    # shared by both proxies' templates
+    def site_context(self, hs: Homeserver) -> dict:
+        cert, key = self.certificates.files(hs.cert_name) or ("", "")
+        return {"hs": hs, "cert": cert, "key": key, "max_upload_size": self.settings.max_upload_size,
+                **wellknown.documents_json(hs, serve_server=hs.serves_server_well_known)}
+
+    def delegation_context(self, delegation: Delegation) -> dict:
+        cert, key = self.certificates.files(delegation.server_name) or ("", "")
+        return {"server_name": delegation.server_name, "public_host": delegation.public_host,
+                "cert": cert, "key": key, **wellknown.documents_json(delegation)}
+
+
+def proxy_for(settings: HostSettings) -> Proxy:
+    from federate.deploy.proxy.caddy import Caddy
+    from federate.deploy.proxy.nginx import Nginx
+
+    return {"nginx": Nginx, "caddy": Caddy}[settings.proxy](settings)
+
+
+def other_proxy(settings: HostSettings) -> str:
+    return "nginx" if settings.proxy == "caddy" else "caddy"
+
+
+def reload_if_changed(service: str, marker: str, *ops) -> None:
+    """Reload `service` when one of `ops` changed something or an earlier run owes the reload."""
+    systemd.service(name=f"{service}: reload on change", service=service, running=True,
+                    reloaded=True, _if=changed_or_owed(list(ops), marker))
+    systemd.service(name=f"{service}: running and enabled", service=service, running=True, enabled=True)
+    settled(name=f"{service}: reload done", marker=marker)
+
+
+@deploy("Proxy: the other proxy off")
+def retire_other(settings: HostSettings):
+    """Stop and disable the proxy not chosen, so the chosen one gets ports 80, 443 and 8448.
+
+    Runs before packages are installed: a proxy's package starts it, which fails on taken ports.
+    """
+    other = other_proxy(settings)
+    systemd.service(name=f"{other}: stopped and disabled (proxy is {settings.proxy})", service=other,
+                    running=False, enabled=False)
+
+
+@deploy("Proxy: port 80")
+def http_site(settings: HostSettings):
+    proxy_for(settings).http_site()
+
+
+@deploy("Proxy: homeserver sites")
+def homeserver_sites(settings: HostSettings, certificate_ops: list):
+    proxy_for(settings).sites(certificate_ops)

@@ -1,0 +1,58 @@
+"""nginx: a port-80 site (ACME challenges, redirect) and one site file per homeserver and delegation."""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.facts.files import FindFiles
+from pyinfra.operations import files
+
+from federate.deploy import paths
+from federate.deploy.proxy import Proxy, reload_if_changed
+from federate.deploy.templating import render
+from federate.pyinfra_ext.files import config_file, file_attributes
+from federate.pyinfra_ext.owed import pending_marker
+
+SITES_DIR = "/etc/nginx/conf.d"
+HTTP_SITE = f"{SITES_DIR}/federate-http.conf"
+# nginx reads a whole tree, so a site is checked in place and rolled back when the tree fails.
+NGINX_CHECK = "nginx -t -q"
+RELOAD = pending_marker("reload-nginx")
+
+
+class Nginx(Proxy):
+    name = "nginx"
+    packages = ("nginx",)
+    reload_marker = RELOAD
+
+    def wanted_sites(self) -> dict[str, str]:
+        """Every site file this host serves (path -> content), homeservers and delegations alike."""
+        sites = {f"{SITES_DIR}/federate-{hs.cert_name}.conf":
+                 render("federate-homeserver.conf.j2", **self.site_context(hs)) for hs in self.settings.homeservers}
+        sites.update({f"{SITES_DIR}/federate-{d.server_name}.conf":
+                      render("federate-delegation.conf.j2", **self.delegation_context(d))
+                      for d in self.settings.delegations})
+        return sites
+
+    def http_site(self):
+        removed = files.link(name="Debian's default site off", path="/etc/nginx/sites-enabled/default",
+                             present=False)
+        webroot = files.directory(name="ACME webroot", path=paths.ACME_WEBROOT, mode="755")
+        site = config_file(name="Port 80 site", dest=HTTP_SITE, check=NGINX_CHECK, check_in_place=True, owes=RELOAD,
+                           content=render("federate-http.conf.j2", acme_webroot=paths.ACME_WEBROOT))
+        file_attributes(name="Port 80 site owner and mode", path=HTTP_SITE, user="root", group="root", mode="644")
+        reload_if_changed("nginx", RELOAD, removed, webroot, site)
+
+    def sites(self, certificate_ops):
+        sites = self.wanted_sites()
+        ops = list(certificate_ops)
+        for path, content in host.loop(sorted(sites.items())):
+            label = path.rsplit("/federate-", 1)[1].removesuffix(".conf")
+            ops.append(config_file(name=f"{label}: site", dest=path, check=NGINX_CHECK, check_in_place=True,
+                                   content=content, owes=RELOAD))
+            file_attributes(name=f"{label}: site owner and mode", path=path, user="root", group="root", mode="644")
+        # Sites of homeservers no longer in the settings would keep answering: remove them.
+        wanted = set(sites) | {HTTP_SITE}
+        for stale in host.loop(sorted(set(host.get_fact(FindFiles, path=SITES_DIR, fname="federate-*.conf")
+                                          or []) - wanted)):
+            ops.append(files.file(name=f"Remove stale site {stale}", path=stale, present=False))
+        reload_if_changed("nginx", RELOAD, *ops)

@@ -1,0 +1,12 @@
+"""The deploy's templates (package data in federate/deploy/templates/, each named after the file it makes)."""
+
+import jinja2
+
+_environment = jinja2.Environment(loader=jinja2.PackageLoader("federate.deploy", "templates"),
+                                  undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                                  trim_blocks=True, lstrip_blocks=True)
+
+
+def render(name: str, **context) -> str:
+    """Render a template on the controller (files are assembled before upload)."""
+    return _environment.get_template(name).render(**context)

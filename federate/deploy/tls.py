@@ -1,0 +1,134 @@
+"""Certificates, one strategy per host: certbot (ACME through nginx's port 80), caddy's own ACME
+client, or files the user provides. `tls_for(settings)` picks it once."""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra import host
+from pyinfra.api import StringCommand, deploy, operation
+from pyinfra.operations import files, systemd
+
+from federate.deploy import paths
+from federate.pyinfra_ext.facts import PathExists
+from federate.pyinfra_ext.files import private_file
+from federate.pyinfra_ext.owed import owed_before_uploads
+from federate.settings import HostSettings, certificate_names
+
+LETSENCRYPT_LIVE = "/etc/letsencrypt/live"
+NGINX_RELOAD_COMMAND = "systemctl reload nginx"
+
+
+def wanted_certificates(settings: HostSettings) -> list[tuple[str, tuple[str, ...]]]:
+    """(certificate name, the DNS names it covers) for every site this host serves."""
+    return list(certificate_names(settings.homeservers, settings.delegations).items())
+
+
+class Certificates:
+    """Where a host's certificates come from. `files(name)` is (chain, key) on the host, or None
+    when the proxy obtains and keeps them itself; `deploy` returns the operations whose change
+    means the proxy must reload."""
+
+    packages: tuple[str, ...] = ()
+
+    def files(self, cert_name: str) -> tuple[str, str] | None:
+        raise NotImplementedError
+
+    def deploy(self, settings: HostSettings, reload_marker: str) -> list:
+        raise NotImplementedError
+
+
+class Certbot(Certificates):
+    """ACME with certbot's webroot plugin (HTTP-01 served by nginx's port-80 site); certbot's
+    own timer renews and its deploy hook reloads nginx."""
+
+    packages = ("certbot",)
+
+    def files(self, cert_name):
+        base = f"{LETSENCRYPT_LIVE}/{cert_name}"
+        return f"{base}/fullchain.pem", f"{base}/privkey.pem"
+
+    def deploy(self, settings, reload_marker):
+        # back from caddy, which turned them off
+        systemd.service(name="certbot renewals on", service="certbot.timer", running=True, enabled=True)
+        return [acme_certificate(name=f"{cert_name}: ACME certificate", names=names, cert_name=cert_name,
+                                 directory=settings.tls.acme_directory, email=settings.tls.email,
+                                 webroot=paths.ACME_WEBROOT, reload_command=NGINX_RELOAD_COMMAND)
+                for cert_name, names in host.loop(wanted_certificates(settings))]
+
+
+class CaddyAcme(Certificates):
+    """caddy obtains and renews its certificates itself (federate.deploy.proxy.caddy waits for them)."""
+
+    def files(self, cert_name):
+        return None
+
+    def deploy(self, settings, reload_marker):
+        _certbot_off()
+        return []
+
+
+class Provided(Certificates):
+    """The user's own files, checked on the controller while validating, uploaded as they are."""
+
+    def __init__(self, key_owner: dict):
+        self.key_owner = key_owner  # {user, group, mode} the proxy needs to read the key
+
+    def files(self, cert_name):
+        base = f"{paths.PROVIDED_TLS_ROOT}/{cert_name}"
+        return f"{base}/fullchain.pem", f"{base}/privkey.pem"
+
+    def deploy(self, settings, reload_marker):
+        _certbot_off()
+        ops = []
+        for cert_name, _ in host.loop(wanted_certificates(settings)):
+            given = settings.tls.certificates[cert_name]
+            cert, key = self.files(cert_name)
+            owed_before_uploads(name=f"{cert_name}: proxy reload owed for new files", marker=reload_marker,
+                                uploads=[(given["cert"], cert), (given["key"], key)])
+            ops.append(files.put(name=f"{cert_name}: certificate", src=given["cert"], dest=cert,
+                                 mode="644", create_remote_dir=True))
+            # never shown by --diff, never readable by others, not even while it is written
+            ops.append(private_file(name=f"{cert_name}: private key", src=given["key"], dest=key,
+                                    **self.key_owner))
+        return ops
+
+
+def tls_for(settings: HostSettings) -> Certificates:
+    if settings.tls.mode == "provided":
+        # nginx reads keys as root; caddy runs as user caddy and reads them through its group
+        key_owner = ({"user": "root", "group": "caddy", "mode": "640"} if settings.proxy == "caddy"
+                     else {"user": "root", "group": "root", "mode": "600"})
+        return Provided(key_owner)
+    return CaddyAcme() if settings.proxy == "caddy" else Certbot()
+
+
+@operation()
+def acme_certificate(names: list[str], cert_name: str, directory: str, email: str | None,
+                     webroot: str, reload_command: str):
+    """Obtain a certificate for `names` once; certbot's own timer renews it afterwards."""
+    if host.get_fact(PathExists, path=f"{LETSENCRYPT_LIVE}/{cert_name}/fullchain.pem"):  # certbot's layout
+        host.noop(f"certificate {cert_name} exists")
+        return
+    contact = f"-m {shlex.quote(email)}" if email else "--register-unsafely-without-email"
+    domains = " ".join(f"-d {shlex.quote(n)}" for n in names)
+    yield StringCommand(
+        f"certbot certonly --non-interactive --agree-tos {contact} --server {shlex.quote(directory)}"
+        f" --webroot -w {webroot} --cert-name {shlex.quote(cert_name)} {domains}"
+        f" --deploy-hook {shlex.quote(reload_command)}"
+    )
+
+
+@deploy("TLS certificates")
+def certificates(settings: HostSettings, reload_marker: str) -> list:
+    """Needs the proxy's port-80 site up first (it serves the ACME challenges).
+
+    Returns the operations whose change means the proxy must reload.
+    """
+    return tls_for(settings).deploy(settings, reload_marker)
+
+
+def _certbot_off():
+    """Without certbot's nginx, its renewals would fail: a host that switched keeps the package
+    but not the timer."""
+    systemd.service(name="certbot renewals off", service="certbot.timer", running=False, enabled=False)
