@@ -1,4 +1,4 @@
-"""federate: check and verify Matrix federation, and run the lab of test hosts.
+"""federate: check and verify Matrix federation, describe host data, and run the lab of test hosts.
 
 Deploys run with pyinfra: `pyinfra INVENTORY deploy.py` (README, "Use as a library").
 """
@@ -68,6 +68,18 @@ def verify_command(args) -> int:
     else:
         _print(format_results(results))
     return 0 if ok else 1
+
+
+def add_schema_parser(subparsers) -> None:
+    parser = subparsers.add_parser("schema", help="print the JSON Schema of host data (for editors and CI)")
+    parser.set_defaults(handler=schema_command)
+
+
+def schema_command(args) -> int:
+    from federate.host_data import schema
+
+    _print(json.dumps(schema(), indent=2))
+    return 0
 
 
 # --- federate lab / prove: only with the lab extra ---------------------------------------------
@@ -157,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_check_parser(subparsers)
     add_verify_parser(subparsers)
+    add_schema_parser(subparsers)
     add_lab_parser(subparsers)
     add_prove_parser(subparsers)
     return parser

@@ -23,7 +23,8 @@ def deploy_homeservers() -> None:
     system.packages(settings)
     firewall.configure(settings)
     proxy.http_site(settings)
-    certificate_ops = tls.certificates(settings, reload_marker=proxy.proxy_for(settings).reload_marker)
+    chosen_proxy = proxy.proxy_for(settings)
+    certificate_ops = tls.certificates(settings, chosen_proxy.certificates, reload_marker=chosen_proxy.reload_marker)
     if settings.homeservers:  # a delegation host only publishes well-known files
         database.configure(settings)
         synapse.install_synapse(settings)

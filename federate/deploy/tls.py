@@ -1,5 +1,6 @@
 """Certificates, one strategy per host: certbot (ACME through nginx's port 80), caddy's own ACME
-client, or files the user provides. `tls_for(settings)` picks it once."""
+client, or files the user provides. The proxy picks it once (`tls_for`): its own ACME way, or the
+files, owned so it can read the keys."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class Certificates:
     means the proxy must reload."""
 
     packages: tuple[str, ...] = ()
+    by_proxy = False  # the proxy itself obtains and renews them (its config names the ACME directory)
 
     def files(self, cert_name: str) -> tuple[str, str] | None:
         raise NotImplementedError
@@ -59,6 +61,8 @@ class Certbot(Certificates):
 
 class CaddyAcme(Certificates):
     """caddy obtains and renews its certificates itself (federate.deploy.proxy.caddy waits for them)."""
+
+    by_proxy = True
 
     def files(self, cert_name):
         return None
@@ -94,13 +98,10 @@ class Provided(Certificates):
         return ops
 
 
-def tls_for(settings: HostSettings) -> Certificates:
-    if settings.tls.mode == "provided":
-        # nginx reads keys as root; caddy runs as user caddy and reads them through its group
-        key_owner = ({"user": "root", "group": "caddy", "mode": "640"} if settings.proxy == "caddy"
-                     else {"user": "root", "group": "root", "mode": "600"})
-        return Provided(key_owner)
-    return CaddyAcme() if settings.proxy == "caddy" else Certbot()
+def tls_for(settings: HostSettings, acme: type[Certificates], key_owner: dict) -> Certificates:
+    """The certificates of a host whose proxy gets ACME certificates with `acme` and reads
+    provided keys as `key_owner` ({user, group, mode})."""
+    return Provided(key_owner) if settings.tls.mode == "provided" else acme()
 
 
 @operation()
@@ -120,12 +121,12 @@ def acme_certificate(names: list[str], cert_name: str, directory: str, email: st
 
 
 @deploy("TLS certificates")
-def certificates(settings: HostSettings, reload_marker: str) -> list:
+def certificates(settings: HostSettings, chosen: Certificates, reload_marker: str) -> list:
     """Needs the proxy's port-80 site up first (it serves the ACME challenges).
 
     Returns the operations whose change means the proxy must reload.
     """
-    return tls_for(settings).deploy(settings, reload_marker)
+    return chosen.deploy(settings, reload_marker)
 
 
 def _certbot_off():

@@ -6,7 +6,7 @@ with tight modes, served as given, and a new certificate is one upload and one r
 from __future__ import annotations
 
 import os
-
+from pathlib import Path
 
 import pytest
 
@@ -126,4 +126,20 @@ def test_new_provided_certificate_is_one_upload_and_one_reload(variant):
     assert not changed_names(result, "hs1") and not changed_names(result, "web")
     assert served_serial(info, "matrix.delta.test", 8448) == new_serial
     assert info["session"].ssh("hs2", main_pid).stdout.strip() == nginx_before  # reloaded, not restarted
+    assert_converged(info["inventory"])
+
+
+def test_a_provided_key_never_appears_in_output(variant):
+    """Rolling the certificate uploads a new private key: not in --diff, -vvv or --json output."""
+    info, _ = variant
+    for flags in (("--diff",), ("-vvv",), ("--json",)):
+        files, serial = issue_certificate(info["session"].lab, info["provided_dir"], PROVIDED_NAMES)
+        result = run_deploy(info["inventory"], *flags)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert served_serial(info, "matrix.delta.test", 8448) == serial  # the new key was uploaded
+        key_lines = [line for line in Path(files["key"]).read_text().splitlines() if "PRIVATE KEY" not in line]
+        text = result.stdout + result.stderr
+        assert len(key_lines) >= 2 and not [line for line in key_lines if line in text], flags
+    modes = info["session"].ssh("hs2", "stat -c '%U:%G %a' /etc/federate/tls/delta.test/privkey.pem").stdout
+    assert modes.strip() == "root:root 600"
     assert_converged(info["inventory"])

@@ -71,3 +71,17 @@ def test_secrets_dir_is_relative_to_the_inventory_not_the_working_directory(site
 def test_a_missing_inventory_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no inventory file"):
         load_inventory(tmp_path / "nope.py")
+
+
+def test_schema_describes_host_data_and_allows_connector_keys(capsys):
+    from federate import cli
+
+    assert cli.main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    properties = schema["properties"]
+    assert properties["proxy"]["enum"] == ["nginx", "caddy"] and properties["proxy"]["default"] == "nginx"
+    assert properties["synapse_version"]["default"] == DEFAULTS["synapse_version"]
+    assert schema["additionalProperties"] is False and "^ssh_" in schema["patternProperties"]
+    homeserver = schema["$defs"]["HomeserverData"]
+    assert homeserver["required"] == ["server_name"] and homeserver["additionalProperties"] is False
+    assert all(field.get("description") for field in properties.values())

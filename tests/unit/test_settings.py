@@ -174,7 +174,8 @@ def test_provided_certificates_are_checked_on_the_controller(issue, tmp_path):
     message = refused(provided({"alpha.test": {"cert": good["cert"], "key": good["cert"]}}),
                       "tls.certificates.alpha.test.key")
     assert "BEGIN" not in message  # no file content in messages
-    refused(provided({"alpha.test": {"cert": good["cert"]}}), "tls.certificates.alpha.test")
+    assert "is required" in refused(provided({"alpha.test": {"cert": good["cert"]}}), "tls.certificates.alpha.test.key")
+    assert "needs 'cert' and 'key'" in refused(provided({}), "tls.certificates.alpha.test")
 
 
 def test_provided_certificate_paths_are_relative_to_the_inventory(issue, tmp_path):

@@ -7,6 +7,7 @@ Both terminate TLS on 443 and 8448 for each server name, serve the well-known fi
 
 from __future__ import annotations
 
+from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import systemd
 
@@ -22,10 +23,12 @@ class Proxy:
     name: str
     packages: tuple[str, ...]
     reload_marker: str  # the pending marker of an owed reload
+    acme: type[Certificates]  # who gets ACME certificates for this proxy
+    key_owner: dict  # {user, group, mode} of provided private keys, so the proxy can read them
 
     def __init__(self, settings: HostSettings):
         self.settings = settings
-        self.certificates: Certificates = tls_for(settings)
+        self.certificates: Certificates = tls_for(settings, self.acme, self.key_owner)
 
     def http_site(self) -> None:
         """Port 80, before certificates are asked for (ACME HTTP-01)."""
@@ -46,15 +49,15 @@ class Proxy:
                 "cert": cert, "key": key, **wellknown.documents_json(delegation)}
 
 
-def proxy_for(settings: HostSettings) -> Proxy:
+def proxies() -> dict[str, type[Proxy]]:
     from federate.deploy.proxy.caddy import Caddy
     from federate.deploy.proxy.nginx import Nginx
 
-    return {"nginx": Nginx, "caddy": Caddy}[settings.proxy](settings)
+    return {"nginx": Nginx, "caddy": Caddy}
 
 
-def other_proxy(settings: HostSettings) -> str:
-    return "nginx" if settings.proxy == "caddy" else "caddy"
+def proxy_for(settings: HostSettings) -> Proxy:
+    return proxies()[settings.proxy](settings)
 
 
 def reload_if_changed(service: str, marker: str, *ops) -> None:
@@ -71,9 +74,9 @@ def retire_other(settings: HostSettings):
 
     Runs before packages are installed: a proxy's package starts it, which fails on taken ports.
     """
-    other = other_proxy(settings)
-    systemd.service(name=f"{other}: stopped and disabled (proxy is {settings.proxy})", service=other,
-                    running=False, enabled=False)
+    for other in host.loop([name for name in proxies() if name != settings.proxy]):
+        systemd.service(name=f"{other}: stopped and disabled (proxy is {settings.proxy})", service=other,
+                        running=False, enabled=False)
 
 
 @deploy("Proxy: port 80")

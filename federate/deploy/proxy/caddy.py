@@ -9,7 +9,7 @@ from pyinfra.api import FactBase, StringCommand, operation
 
 from federate.deploy.proxy import Proxy, reload_if_changed
 from federate.deploy.templating import render
-from federate.deploy.tls import wanted_certificates
+from federate.deploy.tls import CaddyAcme, wanted_certificates
 from federate.pyinfra_ext.files import config_file, file_attributes
 from federate.pyinfra_ext.owed import pending_marker
 
@@ -36,9 +36,11 @@ class Caddy(Proxy):
     name = "caddy"
     packages = ("caddy",)
     reload_marker = RELOAD
+    acme = CaddyAcme
+    key_owner = {"user": "root", "group": "caddy", "mode": "640"}  # caddy runs as caddy: it reads through its group
 
     def caddyfile_context(self) -> dict:
-        settings, acme = self.settings, self.settings.tls.mode == "acme"
+        settings, acme = self.settings, self.certificates.by_proxy
         homeservers = [{**self.site_context(hs), "addresses": _addresses(hs.proxy_names, hs.federation_open)}
                        for hs in settings.homeservers]
         delegations = [{**self.delegation_context(d), "addresses": _addresses([d.server_name], federation=False)}
@@ -59,7 +61,7 @@ class Caddy(Proxy):
                                 check=CADDY_CHECK, owes=RELOAD)
         file_attributes(name="Caddyfile owner and mode", path=CADDYFILE, user="root", group="root", mode="644")
         reload_if_changed("caddy", RELOAD, caddyfile, *certificate_ops)
-        if self.settings.tls.mode == "acme":
+        if self.certificates.by_proxy:
             names = sorted({name for _, names in wanted_certificates(self.settings) for name in names})
             caddy_certificates(name="caddy: ACME certificates issued", names=names)
 

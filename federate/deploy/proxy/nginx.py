@@ -9,6 +9,7 @@ from pyinfra.operations import files
 from federate.deploy import paths
 from federate.deploy.proxy import Proxy, reload_if_changed
 from federate.deploy.templating import render
+from federate.deploy.tls import Certbot
 from federate.pyinfra_ext.files import config_file, file_attributes
 from federate.pyinfra_ext.owed import pending_marker
 
@@ -23,6 +24,8 @@ class Nginx(Proxy):
     name = "nginx"
     packages = ("nginx",)
     reload_marker = RELOAD
+    acme = Certbot
+    key_owner = {"user": "root", "group": "root", "mode": "600"}  # nginx reads keys as root
 
     def wanted_sites(self) -> dict[str, str]:
         """Every site file this host serves (path -> content), homeservers and delegations alike."""
