@@ -56,13 +56,19 @@ def settings_for(inventory, host) -> HostSettings:
 
 def _cli_inventory_dir() -> Path:
     """The folder of the inventory file the pyinfra CLI was given (relative paths in settings are
-    relative to it), else the working directory (pyinfra's API, an inventory that is no file)."""
-    import click
+    relative to it), else the working directory (pyinfra's API, an inventory that is no file).
 
-    context = click.get_current_context(silent=True)
-    given = context.params.get("inventory") if context else None
-    if given and Path(given).is_file():
-        return Path(given).resolve().parent
+    pyinfra keeps no record of the file, so the command line is parsed again with pyinfra's own
+    CLI definition (no callbacks run)."""
+    if Path(sys.argv[0]).name == "pyinfra" or sys.argv[0].endswith("pyinfra/__main__.py"):
+        from pyinfra_cli.cli import cli
+
+        try:
+            given = cli.make_context("pyinfra", sys.argv[1:], resilient_parsing=True).params.get("inventory")
+        except Exception:  # a command line pyinfra itself accepted; fall back rather than fail the run
+            given = None
+        if given and Path(given).is_file():
+            return Path(given).resolve().parent
     return Path.cwd()
 
 

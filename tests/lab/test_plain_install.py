@@ -99,6 +99,11 @@ def test_a_two_line_deploy_from_an_empty_folder_deploys_a_lab_host(venv, deploye
     account = Account("beta.test", "https://beta.test", "plain", password_file.read_text().strip())
     asyncio.run(logs_in(account, deployed.info))
 
+    # federate verify from the plain install: group data and settings read as the deploy read them
+    verified = run([venv / "bin/federate", "verify", site / "inventory.py"], cwd=elsewhere)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "[PASS] beta.test on hs2" in verified.stdout
+
     # From another working directory: the same secrets (beside the inventory), nothing to change.
     again = run([venv / "bin/pyinfra", site / "inventory.py", site / "deploy.py", "-y", "--json"], cwd=elsewhere)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -85,3 +85,18 @@ def test_schema_describes_host_data_and_allows_connector_keys(capsys):
     homeserver = schema["$defs"]["HomeserverData"]
     assert homeserver["required"] == ["server_name"] and homeserver["additionalProperties"] is False
     assert all(field.get("description") for field in properties.values())
+
+
+def test_the_deploy_resolves_secrets_dir_beside_the_inventory_from_any_directory(tmp_path):
+    """A real pyinfra run (the @local connector, --dry, no operation) of a deploy that reports
+    what its settings say, started from another directory."""
+    site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    site.mkdir()
+    elsewhere.mkdir()
+    (site / "inventory.py").write_text("hosts = [('@local', {'homeservers': [{'server_name': 'a.test'}]})]\n")
+    (site / "report.py").write_text(
+        "import sys\nfrom pyinfra import host, inventory\nfrom federate.inventory import settings_for\n"
+        "sys.stderr.write('SECRETS=' + settings_for(inventory, host).secrets_dir + '\\n')\n")
+    result = subprocess.run([PYINFRA, "-y", str(site / "inventory.py"), str(site / "report.py"), "--dry"],
+                            cwd=elsewhere, text=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
+    assert f"SECRETS={site / '.secrets'}\n" in result.stderr, result.stderr[-2000:]

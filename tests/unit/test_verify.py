@@ -134,3 +134,11 @@ def test_errors_beside_a_working_federation_are_shown_but_do_not_fail(answers):
     assert result.summary.endswith("; but well-known: https://a.test/.well-known/matrix/server is unusable: "
                                    "well-known is not valid JSON. Other servers ignore it and fall back to "
                                    "SRV records and port 8448.")
+
+
+def test_help_names_the_commands_and_no_implementation_notes(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    assert all(command in text for command in ("check", "verify", "schema", "lab", "prove"))
+    assert "register" not in text and "build_parser" not in text
