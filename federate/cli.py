@@ -142,8 +142,10 @@ def _print_status(report: dict) -> None:
     for name, alive in report["services"].items():
         _print(f"  service {name:<10} {'running' if alive else 'stopped'}")
     for host, data in report["hosts"].items():
+        lock = data.get("deploy_lock")
+        held = f", deploy lock held by {lock['holder']} until {lock['lease_ends']}" if lock else ""
         _print(f"  host    {host:<10} {data['address']:<15} "
-               f"{'running' if data['running'] else 'stopped'}, ssh {'answers' if data['ssh'] else 'closed'}")
+               f"{'running' if data['running'] else 'stopped'}, ssh {'answers' if data['ssh'] else 'closed'}{held}")
 
 
 def add_prove_parser(subparsers) -> None:

@@ -152,6 +152,13 @@ class VerifyData(_Section):
     timeout: float = Field(10.0, description="seconds per connection")
 
 
+class LockData(_Section):
+    lease: int = Field(300, ge=10, description="seconds a run's deploy lock lasts without renewal; longer than "
+                       "the slowest single step (a package install)")
+    wait: int = Field(0, ge=0, description="seconds to wait for another run's lock before giving up (0: stop "
+                      "at once)")
+
+
 class KeyServerData(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True, frozen=True)  # Synapse's own keys pass through
     server_name: ServerName
@@ -181,6 +188,7 @@ class HostData(_Section):
     secrets_dir: str = Field(".secrets", description="controller folder for generated user passwords, "
                                                      "relative to the inventory file")
     verify: VerifyData = Field(VerifyData(), description="the federation check after each deploy")
+    lock: LockData = Field(LockData(), description="one run at a time per host: the deploy lock's lease")
 
 
 def defaults() -> dict[str, Any]:
@@ -204,7 +212,7 @@ def schema() -> dict:
 
 # ---------------------------------------------------------------- errors as one line
 
-TYPE_WORDS = {"int_type": "a whole number", "bool_type": "true or false", "string_type": "a string",
+TYPE_WORDS = {"greater_than_equal": "at least {ge}", "int_type": "a whole number", "bool_type": "true or false", "string_type": "a string",
               "float_type": "a number", "list_type": "a list", "dict_type": "a mapping",
               "model_type": "a mapping", "model_attributes_type": "a mapping", "string_too_short": "not empty"}
 
@@ -245,6 +253,7 @@ def first_problem(error: ValidationError) -> tuple[str, str]:
         return field_path(loc), f"must be one of {', '.join(choices)}, got {given!r}"
     named = loc and isinstance(loc[-1], str) and kind in TYPE_WORDS
     what = EXPECTED.get(loc[-1]) if named and loc[-1] in EXPECTED else TYPE_WORDS.get(kind, entry["msg"])
+    what = what.format(**entry.get("ctx", {}))
     return field_path(loc), f"must be {what}, got {given!r}"
 
 

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from federate.host_data import (LETS_ENCRYPT, HomeserverData, HostData, TlsData, defaults,
                                 first_problem, ours, server_name_problem)
 
-__all__ = ["DEFAULTS", "LETS_ENCRYPT", "Delegation", "Homeserver", "HostSettings", "SettingsError", "Tls",
+__all__ = ["DEFAULTS", "LETS_ENCRYPT", "Delegation", "Homeserver", "HostSettings", "Lock", "SettingsError", "Tls",
            "User", "Verify", "certificate_names", "host_settings", "inventory_settings", "server_name_problem"]
 
 # The library's defaults for host data: an inventory with no group_data gets these. Override
@@ -158,6 +158,13 @@ class Verify:
 
 
 @dataclass(frozen=True)
+class Lock:
+    """One run at a time per host (federate.pyinfra_ext.lease)."""
+    lease: int  # seconds
+    wait: int   # seconds
+
+
+@dataclass(frozen=True)
 class HostSettings:
     host: str
     homeservers: tuple[Homeserver, ...]
@@ -173,6 +180,7 @@ class HostSettings:
     ssh_port: int
     secrets_dir: str  # absolute, on the controller: generated user passwords, mode 0600
     verify: Verify
+    lock: Lock = Lock(300, 0)
 
 
 # ---------------------------------------------------------------- checks across fields
@@ -374,6 +382,7 @@ def host_settings(host: str, data: Mapping[str, Any], base_dir: str | Path = "."
         ssh_port=ssh_port,
         secrets_dir=str((base_dir / raw.secrets_dir).absolute()),
         verify=Verify(raw.verify.after_deploy, raw.verify.dns_server, raw.verify.ca_file, raw.verify.timeout),
+        lock=Lock(raw.lock.lease, raw.lock.wait),
     )
 
 

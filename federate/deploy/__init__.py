@@ -8,25 +8,36 @@ from __future__ import annotations
 
 def deploy_homeservers() -> None:
     """Deploy this host's homeservers, delegations, proxy, firewall and certificates from its host
-    data (validated for every host first), then check federation from the controller."""
+    data (validated for every host first), then check federation from the controller. One run at
+    a time per host: the run holds the host's deploy lock from its first change to its end."""
     from pyinfra import host, inventory
 
     from federate.deploy import database, dns_records, federation_check, firewall, proxy, synapse, system, tls
     from federate.inventory import refuse, settings_for
+    from federate.pyinfra_ext.lease import lock_acquired, lock_released, lock_renewed
 
     settings = settings_for(inventory, host)
     if problem := database.backend_switch_problem(settings) or synapse.downgrade_problem(settings):
         refuse(problem)
     dns_records.announce(settings)
+    lease = settings.lock.lease
 
+    def renewed(before: str):
+        lock_renewed(name=f"Deploy lock renewed before {before}", lease=lease)
+
+    lock_acquired(name="Deploy lock: one run at a time on this host", lease=lease, wait=settings.lock.wait)
     proxy.retire_other(settings)  # frees 80, 443 and 8448 for the chosen proxy before its package starts it
     system.packages(settings)
+    renewed("the firewall")  # the slow steps (packages, the venv, certificates) each get a fresh lease
     firewall.configure(settings)
     proxy.http_site(settings)
     chosen_proxy = proxy.proxy_for(settings)
     certificate_ops = tls.certificates(settings, chosen_proxy.certificates, reload_marker=chosen_proxy.reload_marker)
     if settings.homeservers:  # a delegation host only publishes well-known files
+        renewed("Synapse")
         database.configure(settings)
         synapse.install_synapse(settings)
+    renewed("the sites")
     proxy.homeserver_sites(settings, certificate_ops)
     federation_check.after_deploy(settings)  # last: the federation check from the controller
+    lock_released(name="Deploy lock released")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 
 from pyinfra import host, logger
-from pyinfra.api import FunctionCommand, deploy, operation
+from pyinfra.api import deploy, operation
 from pyinfra.context import state
 
 from federate.checker.policy import verify_host
+from federate.pyinfra_ext.run import fail_with
 from federate.settings import HostSettings
 
 SETTLE_SECONDS = 6  # how long a failure right after the deploy may be a reload still settling
@@ -37,18 +38,12 @@ def federation_verified(settings: HostSettings):
     failed = [r for r in results if not r.ok]
     if failed:
         # A failing function command stops the run with this message and no traceback.
-        yield FunctionCommand(_fail_with, (f"federation check failed on {settings.host} for "
-                                           f"{', '.join(r.server_name for r in failed)}:\n"
-                                           + "\n".join(r.text() for r in failed)
-                                           + "\n(`federate verify INVENTORY` repeats the check; "
-                                             "`verify: {after_deploy: false}` turns it off)",), {})
+        yield fail_with(f"federation check failed on {settings.host} for "
+                        f"{', '.join(r.server_name for r in failed)}:\n" + "\n".join(r.text() for r in failed)
+                        + "\n(`federate verify INVENTORY` repeats the check; "
+                          "`verify: {after_deploy: false}` turns it off)")
         return
     host.noop(f"federation verified: {names}")
-
-
-def _fail_with(state, host, message: str) -> bool:
-    host.log_styled(message, fg="red", log_func=logger.error)
-    return False
 
 
 @deploy("Federation check")

@@ -12,6 +12,7 @@ from pyinfra.api import FileUploadCommand, StringCommand, operation
 
 from federate.deploy.paths import UPLOAD_TMP
 from federate.pyinfra_ext.facts import HttpStatus
+from federate.pyinfra_ext.run import temporary_name
 
 
 def controller_password(secrets_dir: str, server_name: str, localpart: str) -> str:
@@ -38,7 +39,7 @@ def matrix_user(venv: str, config_paths: list[str], local_url: str, user_id: str
     if host.get_fact(HttpStatus, url=profile_url) == 200:
         host.noop(f"user {user_id} exists")
         return
-    secret_file = f"{UPLOAD_TMP}/{localpart}.password"
+    secret_file = temporary_name(f"{UPLOAD_TMP}/{localpart}.password")
     yield StringCommand(f"install -d -m 700 {UPLOAD_TMP}")
     yield FileUploadCommand(StringIO(password), secret_file)
     configs = " ".join(f"-c {shlex.quote(p)}" for p in config_paths)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import dns.resolver
 
+from federate.pyinfra_ext import lease
+
 from . import hosts, network, pki, procs, rootfs, services, sources, topology as topo
 from .state import DEFAULT_NAME, LabPaths, State, bridge_address, bridge_name, choose_subnet, \
     host_address, machine_name, validate_name
@@ -90,9 +92,22 @@ class Lab:
                 "running": bool(proc) and procs.is_ours(proc["pid"], proc["exe"]),
                 "ssh": hosts.port_open(address, 22),
             }
+            if report["hosts"][host]["ssh"]:
+                report["hosts"][host]["deploy_lock"] = self._deploy_lock(address)
         report["up"] = bool(state.get("ready")) and all(report["services"].values()) and \
             all(h["running"] and h["ssh"] for h in report["hosts"].values())
         return report
+
+    def _deploy_lock(self, address: str) -> dict | None:
+        """The holder of a host's deploy lock and when its lease ends, or None (no run deploys)."""
+        lock = lease.LockHolder()
+        result = hosts.ssh(address, self.paths.file("id_ed25519"), self.paths.file("known_hosts"),
+                           lock.command(), timeout=15)
+        held = lock.process(result.stdout.splitlines()) if result.returncode == 0 else None
+        if held is None or held["expires"] < time.time():
+            return None
+        return {"holder": held["holder"], "lease_ends": time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                                                                      time.gmtime(held["expires"]))}
 
     def info(self) -> dict | None:
         path = self.paths.file("lab.json")

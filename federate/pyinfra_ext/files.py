@@ -12,6 +12,7 @@ from pyinfra.api.util import get_file_sha1
 from pyinfra.facts.files import File, Sha1File
 
 from federate.pyinfra_ext.owed import owe
+from federate.pyinfra_ext.run import temporary_name
 
 
 @operation()
@@ -58,13 +59,16 @@ def _repair_owner_and_mode(path: str, current: dict, user: str, group: str, mode
 
 def _replace_file(dest, source, user, group, mode, check, check_in_place, owes):
     """`source`: a file-like object or a local path."""
-    tmp, old = shlex.quote(f"{dest}.federate-new"), shlex.quote(f"{dest}.federate-old")
-    quoted = shlex.quote(dest)
-    # mkdir -p leaves an existing parent's mode alone (install -d would reset it)
-    yield StringCommand(f"mkdir -p {shlex.quote(dest.rsplit('/', 1)[0] or '/')}")
+    new, old = temporary_name(dest, "new"), temporary_name(dest, "old")
+    tmp, old, quoted = shlex.quote(new), shlex.quote(old), shlex.quote(dest)
+    folder = dest.rsplit('/', 1)[0] or '/'
+    # mkdir -p leaves an existing parent's mode alone (install -d would reset it); temporary files
+    # a cut run left behind (unique names, so never another live run's) are removed after an hour
+    yield StringCommand(f"mkdir -p {shlex.quote(folder)} && find {shlex.quote(folder)} -maxdepth 1 -name "
+                        f"{shlex.quote(dest.rsplit('/', 1)[-1] + '.federate-*')} -mmin +60 -delete")
     # created private first: the upload keeps the mode of the file it writes into
-    yield StringCommand(f"rm -f {tmp} && (umask 077 && touch {tmp})")
-    yield FileUploadCommand(source, f"{dest}.federate-new")
+    yield StringCommand(f"(umask 077 && touch {tmp})")
+    yield FileUploadCommand(source, new)
     yield StringCommand(f"chown {user}:{group} {tmp} && chmod {mode} {tmp}")
     if check and not check_in_place:
         yield StringCommand(f"{check.format(path=tmp)} || {{ rm -f {tmp}; exit 1; }}")
@@ -84,14 +88,15 @@ def generated_once(path: str, command: str, user: str, mode: str = "600"):
 
     For signing keys and secrets: never overwritten once made (`file_attributes` repairs their
     owner and mode without counting as a new secret). The file is written to a temporary name,
-    given its owner and mode, then renamed, so a half-written key never exists.
+    given its owner and mode, then linked into place, so a half-written key never exists.
     """
     if host.get_fact(File, path=path):
         host.noop(f"{path} exists and is kept")
         return
-    tmp = f"{path}.new"
+    tmp = shlex.quote(temporary_name(path))
+    # ln refuses to replace an existing file: of two runs making the same secret, one keeps its own
     yield StringCommand(
-        f"umask 077 && export OUT={shlex.quote(tmp)} && {command}"
-        f" && chown {user}:{user} {shlex.quote(tmp)} && chmod {mode} {shlex.quote(tmp)}"
-        f" && mv -f {shlex.quote(tmp)} {shlex.quote(path)}"
+        f"umask 077 && export OUT={tmp} && {command}"
+        f" && chown {user}:{user} {tmp} && chmod {mode} {tmp}"
+        f" && {{ ln {tmp} {shlex.quote(path)} 2>/dev/null || [ -e {shlex.quote(path)} ]; }}; status=$?; rm -f {tmp}; exit $status"
     )

@@ -7,6 +7,8 @@ run in milliseconds; the lab suites run the same operations on real hosts.
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import time
 from io import StringIO
 
 import pytest
@@ -17,6 +19,8 @@ from pyinfra.facts.files import File, Sha1File
 
 from federate.pyinfra_ext import apt, files, owed
 from federate.pyinfra_ext.facts import PathExists
+from federate.pyinfra_ext.lease import Lease, lease_script
+from federate.pyinfra_ext.run import RUN_ID
 
 
 class FakeHost:
@@ -66,14 +70,15 @@ def test_config_file_unchanged_yields_nothing():
 def test_config_file_is_written_private_checked_then_renamed():
     out = commands(files.config_file, {}, dest="/etc/x.conf", content="a = 2\n", user="svc", group="svc",
                    mode="600", check="check-it {path}", owes="/var/lib/federate/pending/restart-x")
+    new = f"/etc/x.conf.federate-new-{RUN_ID}"  # unique per run: two runs never share a temporary file
     assert out == [
-        "mkdir -p /etc",
-        "rm -f /etc/x.conf.federate-new && (umask 077 && touch /etc/x.conf.federate-new)",
-        ("upload", "/etc/x.conf.federate-new", "a = 2\n"),
-        "chown svc:svc /etc/x.conf.federate-new && chmod 600 /etc/x.conf.federate-new",
-        "check-it /etc/x.conf.federate-new || { rm -f /etc/x.conf.federate-new; exit 1; }",
+        "mkdir -p /etc && find /etc -maxdepth 1 -name 'x.conf.federate-*' -mmin +60 -delete",
+        f"(umask 077 && touch {new})",
+        ("upload", new, "a = 2\n"),
+        f"chown svc:svc {new} && chmod 600 {new}",
+        f"check-it {new} || {{ rm -f {new}; exit 1; }}",
         "mkdir -p /var/lib/federate/pending && touch /var/lib/federate/pending/restart-x",
-        "mv -f /etc/x.conf.federate-new /etc/x.conf",
+        f"mv -f {new} /etc/x.conf",
     ]
 
 
@@ -82,7 +87,7 @@ def test_config_file_checked_in_place_rolls_back():
                    check_in_place=True)
     last = out[-1]
     assert last.startswith("{ [ ! -e /etc/nginx/conf.d/a.conf ] || cp -a")
-    assert "nginx -t -q || { if [ -e /etc/nginx/conf.d/a.conf.federate-old ]; then mv -f" in last
+    assert f"nginx -t -q || {{ if [ -e /etc/nginx/conf.d/a.conf.federate-old-{RUN_ID} ]; then mv -f" in last
 
 
 # --- private_file -------------------------------------------------------------------------------
@@ -91,10 +96,11 @@ def test_private_file_upload_has_its_final_mode_before_the_content_arrives(tmp_p
     key = tmp_path / "key.pem"
     key.write_text("PRIVATE\n")
     out = commands(files.private_file, {}, src=str(key), dest="/etc/tls/a/privkey.pem", group="caddy", mode="640")
-    touch = out.index("rm -f /etc/tls/a/privkey.pem.federate-new && (umask 077 && touch /etc/tls/a/privkey.pem.federate-new)")
+    new = f"/etc/tls/a/privkey.pem.federate-new-{RUN_ID}"
+    touch = out.index(f"(umask 077 && touch {new})")
     upload = next(i for i, c in enumerate(out) if isinstance(c, tuple))
     assert touch < upload and out[upload][2] == "PRIVATE\n"
-    assert "chown root:caddy /etc/tls/a/privkey.pem.federate-new && chmod 640 /etc/tls/a/privkey.pem.federate-new" in out
+    assert f"chown root:caddy {new} && chmod 640 {new}" in out
     # the same content is not uploaded again
     assert commands(files.private_file, fact(Sha1File, get_file_sha1(str(key)), path="/etc/tls/a/privkey.pem"),
                     src=str(key), dest="/etc/tls/a/privkey.pem") == []
@@ -117,8 +123,9 @@ def test_generated_once_never_replaces():
     assert commands(files.generated_once, fact(File, {"mode": 600}, path="/k"), path="/k", command="gen",
                     user="svc") == []
     [command] = commands(files.generated_once, {}, path="/k", command="gen > $OUT", user="svc")
-    assert command == ("umask 077 && export OUT=/k.new && gen > $OUT && chown svc:svc /k.new && chmod 600 /k.new"
-                       " && mv -f /k.new /k")
+    tmp = f"/k.federate-new-{RUN_ID}"
+    assert command == (f"umask 077 && export OUT={tmp} && gen > $OUT && chown svc:svc {tmp} && chmod 600 {tmp}"
+                       f" && {{ ln {tmp} /k 2>/dev/null || [ -e /k ]; }}; status=$?; rm -f {tmp}; exit $status")
 
 
 # --- owed restarts and reloads ------------------------------------------------------------------
@@ -166,3 +173,33 @@ def test_dpkg_consistent():
 def test_facts_parse_their_output():
     assert PathExists().process(["yes"]) is True and PathExists().process(["no"]) is False
     assert apt.DpkgInterrupted().process(["yes\n"]) is True
+
+
+# --- the deploy lock's script, run here for real (sh, flock and date, as on a Debian host) ------
+
+def lease(tmp_path, action: str, run: str, lease_seconds: int = 60, wait: int = 0) -> list[str]:
+    script = lease_script(action, lease_seconds, wait, lock=str(tmp_path / "deploy.lock"), run=run,
+                          holder=f"{run} on the controller")
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return Lease().process(result.stdout.splitlines())
+
+
+def test_one_run_holds_the_lock_the_other_is_told_who(tmp_path):
+    assert lease(tmp_path, "acquire", "run-a") == ["acquired"]
+    held = lease(tmp_path, "acquire", "run-b")
+    assert held[0] == "held" and held[1] == "run-a on the controller" and held[2].endswith("UTC")
+    assert lease(tmp_path, "refresh", "run-a") == ["refreshed"]
+    assert lease(tmp_path, "refresh", "run-b") == ["lost", "run-a on the controller"]
+    assert lease(tmp_path, "release", "run-b") == ["released"]  # not its lock: kept
+    assert lease(tmp_path, "acquire", "run-b")[0] == "held"
+    assert lease(tmp_path, "release", "run-a") == ["released"]
+    assert not (tmp_path / "deploy.lock").exists()
+    assert lease(tmp_path, "acquire", "run-b") == ["acquired"]
+
+
+def test_an_expired_lease_is_taken_over_and_a_waiting_run_gets_it(tmp_path):
+    assert lease(tmp_path, "acquire", "cut-run", lease_seconds=1) == ["acquired"]
+    start = time.monotonic()
+    assert lease(tmp_path, "acquire", "next-run", wait=5) == ["took-over", "cut-run on the controller"]
+    assert time.monotonic() - start < 4
