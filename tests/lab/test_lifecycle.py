@@ -28,7 +28,8 @@ ANCIENT = "1.80.0"    # schema 74: older than today's databases accept (compat f
 SERVER = "gamma.test"
 TOPOLOGY = {"hosts": {"solo": {
     "homeservers": [{"server_name": SERVER, "users": [{"localpart": "erin"}]}],
-    "host_data": {"synapse_version": OLD},
+    # a cut run cannot release its deploy lock: a short lease lets the next run take over in seconds
+    "host_data": {"synapse_version": OLD, "lock": {"lease": 10, "wait": 60}},
 }}}
 
 # Where to cut a cold deploy: (text of the operation, seconds after it starts). Each run gets
