@@ -70,6 +70,29 @@ def verify_command(args) -> int:
     return 0 if ok else 1
 
 
+def add_drift_parser(subparsers) -> None:
+    parser = subparsers.add_parser("drift", help="run the deploy read-only: exit 1 and name what drifted "
+                                                 "(for cron and CI)")
+    parser.add_argument("inventory", metavar="INVENTORY", help="the pyinfra inventory file the deploy uses")
+    parser.add_argument("--deploy", metavar="FILE", help="your own deploy file (default: federate's, the "
+                        "two-line deploy_homeservers())")
+    parser.add_argument("--json", action="store_true", help="print {ok, drifted, changes: {host: [operation]}, "
+                        "errors: {host: why}}")
+    parser.set_defaults(handler=drift_command)
+
+
+def drift_command(args) -> int:
+    from federate.drift import check_drift, format_drift
+
+    drift = check_drift(args.inventory, args.deploy)
+    if args.json:
+        _print(json.dumps({"ok": drift.ok, "drifted": bool(drift.changes), "changes": drift.changes,
+                           "errors": drift.errors}, indent=2))
+    else:
+        _print(format_drift(drift))
+    return 2 if not drift.ok else (1 if drift.changes else 0)
+
+
 def add_schema_parser(subparsers) -> None:
     parser = subparsers.add_parser("schema", help="print the JSON Schema of host data (for editors and CI)")
     parser.set_defaults(handler=schema_command)
@@ -171,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_check_parser(subparsers)
     add_verify_parser(subparsers)
+    add_drift_parser(subparsers)
     add_schema_parser(subparsers)
     add_lab_parser(subparsers)
     add_prove_parser(subparsers)

@@ -14,8 +14,10 @@ PYINFRA = str(Path(sys.executable).parent / "pyinfra")
 
 
 def run_deploy(inventory: str, *extra: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    """Run the playbook from the repo root (where group_data/ lives), never waiting on stdin."""
-    return subprocess.run([PYINFRA, inventory, "deploy.py", "-y", *extra], cwd=REPO_ROOT, text=True,
+    """Run the playbook from the repo root (where group_data/ lives), never waiting on stdin. A
+    --dry run gets no -y: with -y pyinfra skips change detection, and --dry asks nothing."""
+    confirm = [] if "--dry" in extra else ["-y"]
+    return subprocess.run([PYINFRA, inventory, "deploy.py", *confirm, *extra], cwd=REPO_ROOT, text=True,
                           capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
 
 

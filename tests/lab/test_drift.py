@@ -4,13 +4,17 @@ and rooms, messages, media and signing keys survive it all. Checked from outside
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from federate.lab import prove
 from federate.lab.clients import find_traces, leave_traces
-from federate.lab.runner import assert_converged, changed_operations, run_deploy
+from federate.lab.runner import REPO_ROOT, assert_converged, changed_operations, run_deploy
 from federate.checker.http import https_get
 
 pytestmark = pytest.mark.lab
@@ -96,3 +100,32 @@ def test_rooms_messages_media_and_keys_survived(deployed, before):
     assert "still here" in bodies
     assert media_sha256 == traces["sha256"]
     assert deployed.ssh("hs2", f"sha256sum {KEPT_FILES}").stdout == hashes
+
+
+def test_federate_drift_names_what_drifted_and_changes_nothing(deployed):
+    """The monitoring check: read-only, exit 1 naming the drift, then 0 once a deploy repaired it."""
+    federate = [str(Path(sys.executable).parent / "federate"), "drift", deployed.inventory]
+
+    def drift(*extra):
+        return subprocess.run(federate + list(extra), cwd=REPO_ROOT, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=600)
+    clean = drift()
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    deployed.ssh("hs2", f"systemctl stop matrix-synapse@beta.test && chmod 644 {BETA}/homeserver.yaml")
+    try:
+        found = drift("--json")
+        assert found.returncode == 1, found.stdout + found.stderr
+        report = json.loads(found.stdout)
+        assert set(report["changes"]) == {"hs2"}
+        names = " / ".join(report["changes"]["hs2"])
+        assert "beta.test: running and enabled" in names and "beta.test: homeserver.yaml owner and mode" in names
+        text = drift()
+        assert text.returncode == 1 and "  hs2: Synapse | beta.test: running and enabled" in text.stdout
+        assert "alpha.test" not in text.stdout  # hs2's own operation names
+        # read-only: the unit is still stopped
+        assert deployed.ssh("hs2", "systemctl is-active matrix-synapse@beta.test", check=False).stdout.strip() != "active"
+        secrets = deployed.ssh("hs2", f"cat {BETA}/secrets.yaml").stdout
+        assert not [v for v in secrets.split() if len(v) > 20 and v in found.stdout + text.stdout]
+    finally:
+        assert run_deploy(deployed.inventory).returncode == 0
+    assert drift().returncode == 0
