@@ -180,7 +180,7 @@ class HostSettings:
     ssh_port: int
     secrets_dir: str  # absolute, on the controller: generated user passwords, mode 0600
     verify: Verify
-    lock: Lock = Lock(300, 0)
+    lock: Lock
 
 
 # ---------------------------------------------------------------- checks across fields

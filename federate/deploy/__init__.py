@@ -30,14 +30,14 @@ def deploy_homeservers() -> None:
     system.packages(settings)
     renewed("the firewall")  # the slow steps (packages, the venv, certificates) each get a fresh lease
     firewall.configure(settings)
-    proxy.http_site(settings)
     chosen_proxy = proxy.proxy_for(settings)
+    proxy.http_site(chosen_proxy)
     certificate_ops = tls.certificates(settings, chosen_proxy.certificates, reload_marker=chosen_proxy.reload_marker)
     if settings.homeservers:  # a delegation host only publishes well-known files
         renewed("Synapse")
         database.configure(settings)
         synapse.install_synapse(settings)
     renewed("the sites")
-    proxy.homeserver_sites(settings, certificate_ops)
+    proxy.homeserver_sites(chosen_proxy, certificate_ops)
     federation_check.after_deploy(settings)  # last: the federation check from the controller
     lock_released(name="Deploy lock released")

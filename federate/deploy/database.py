@@ -54,13 +54,13 @@ def backend_switch_problem(settings: HostSettings) -> str | None:
     for i, hs in enumerate(settings.homeservers):
         where = f"host {settings.host}: homeservers[{i}] ({hs.server_name}): database"
         if settings.database == "postgres" and host.get_fact(File, path=sqlite_path(hs)):
-            if not host.get_fact(PostgresDatabaseExists, database=role_name(hs)):
+            if not host.get_fact(PostgresDatabaseExists, database=hs.database_name):
                 return (f"{where}: this homeserver has a SQLite database ({sqlite_path(hs)}); switching to "
                         "postgres would start it on an empty one. Port it first with Synapse's synapse_port_db "
                         "(README, 'Moving from SQLite to PostgreSQL'), or keep database: sqlite.")
         if settings.database == "sqlite" and not host.get_fact(File, path=sqlite_path(hs)):
-            if host.get_fact(PostgresDatabaseExists, database=role_name(hs)):
-                return (f"{where}: this homeserver's data is in PostgreSQL ({role_name(hs)}); switching to "
+            if host.get_fact(PostgresDatabaseExists, database=hs.database_name):
+                return (f"{where}: this homeserver's data is in PostgreSQL ({hs.database_name}); switching to "
                         "sqlite would start it on an empty database. Keep database: postgres.")
     return None
 
@@ -69,17 +69,12 @@ def packages(settings: HostSettings) -> list[str]:
     return ["postgresql"] if settings.database == "postgres" else []
 
 
-def role_name(hs: Homeserver) -> str:
-    """The homeserver's PostgreSQL role, also its database's name (validated unique per host)."""
-    return hs.database_name
-
-
 def database_config(settings: HostSettings, hs: Homeserver) -> dict:
     """The `database` section of homeserver.yaml."""
     if settings.database == "sqlite":
         return {"name": "sqlite3", "args": {"database": sqlite_path(hs)}}
     return {"name": "psycopg2", "args": {
-        "user": role_name(hs), "database": role_name(hs), "host": SOCKET_DIR,
+        "user": hs.database_name, "database": hs.database_name, "host": SOCKET_DIR,
         "cp_min": 5, "cp_max": 10,
     }}
 
@@ -90,7 +85,7 @@ def sqlite_path(hs: Homeserver) -> str:
 
 def database_ref(settings: HostSettings, hs: Homeserver) -> str:
     """How the host-side downgrade check finds a homeserver's database."""
-    return f"postgres:{role_name(hs)}" if settings.database == "postgres" else f"sqlite:{sqlite_path(hs)}"
+    return f"postgres:{hs.database_name}" if settings.database == "postgres" else f"sqlite:{sqlite_path(hs)}"
 
 
 def driver_requirements(settings: HostSettings) -> list[str]:
@@ -104,7 +99,7 @@ def configure(settings: HostSettings):
         return
     version = host.get_fact(PostgresVersion) or "15"
     conf = f"/etc/postgresql/{version}/main"
-    roles = [role_name(hs) for hs in settings.homeservers]
+    roles = [hs.database_name for hs in settings.homeservers]
     reload = pending_marker("reload-postgresql")
     ident = config_file(name="pg_ident.conf: matrix-synapse may log in as each homeserver's role",
                         dest=f"{conf}/pg_ident.conf", user="postgres", group="postgres", mode="640", owes=reload,
@@ -120,8 +115,8 @@ def configure(settings: HostSettings):
     settled(name="PostgreSQL: reload done", marker=reload)
     systemd.service(name="PostgreSQL: running and enabled", service="postgresql", running=True, enabled=True)
     for hs in host.loop(settings.homeservers):
-        postgres.role(name=f"{hs.server_name}: database role", role=role_name(hs), login=True,
+        postgres.role(name=f"{hs.server_name}: database role", role=hs.database_name, login=True,
                       **PSQL_AS_POSTGRES)
         postgres.database(name=f"{hs.server_name}: database (UTF8, C collation, from template0)",
-                          database=role_name(hs), owner=role_name(hs), encoding="UTF8",
+                          database=hs.database_name, owner=hs.database_name, encoding="UTF8",
                           lc_collate="C", lc_ctype="C", template="template0", **PSQL_AS_POSTGRES)

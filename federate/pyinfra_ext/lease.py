@@ -72,7 +72,7 @@ class Lease(FactBase):
     """Acts on the lock (acquire, refresh, release) and reports the outcome as a list of fields.
     A fact with a side effect, so that holding the lock never counts as a change."""
 
-    def command(self, action: str, lease: int, wait: int) -> str:
+    def command(self, action: str, lease: int = 0, wait: int = 0) -> str:
         return lease_script(action, lease, wait)
 
     def process(self, output):
@@ -131,7 +131,7 @@ def lock_renewed(lease: int):
     if not state.is_executing:
         host.noop("the deploy lock is renewed when the run executes")
         return
-    answer = host.get_fact(Lease, action="refresh", lease=lease, wait=0)
+    answer = host.get_fact(Lease, action="refresh", lease=lease)
     if answer[0] == "lost":
         _holding.discard(host.name)
         yield fail_with(f"this run's deploy lock of {host.name} ran out and was taken by {answer[1]}: "
@@ -145,7 +145,7 @@ def lock_released():
     if not state.is_executing:
         host.noop("the deploy lock is released when the run ends")
         return
-    host.get_fact(Lease, action="release", lease=0, wait=0)
+    host.get_fact(Lease, action="release")
     _holding.discard(host.name)
     host.noop("deploy lock released")
     yield from ()  # an operation is a generator, even with nothing to run

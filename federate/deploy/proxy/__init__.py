@@ -80,10 +80,10 @@ def retire_other(settings: HostSettings):
 
 
 @deploy("Proxy: port 80")
-def http_site(settings: HostSettings):
-    proxy_for(settings).http_site()
+def http_site(chosen: Proxy):
+    chosen.http_site()
 
 
 @deploy("Proxy: homeserver sites")
-def homeserver_sites(settings: HostSettings, certificate_ops: list):
-    proxy_for(settings).sites(certificate_ops)
+def homeserver_sites(chosen: Proxy, certificate_ops: list):
+    chosen.sites(certificate_ops)
