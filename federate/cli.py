@@ -118,6 +118,9 @@ def add_lab_parser(subparsers) -> None:
         sub.add_argument("--name", default="demo", help="lab name (default: demo, state in .lab/)")
         if action == "up":
             sub.add_argument("--topology", type=Path, help="JSON file: hosts and their homeservers")
+            sub.add_argument("--release", choices=("bookworm", "trixie"),
+                             help="Debian release of hosts whose topology names none (default: bookworm; "
+                                  "the demo topology runs hs1 on bookworm and hs2 on trixie)")
         if action == "status":
             sub.add_argument("--json", action="store_true", help="print the status as JSON")
     lab.set_defaults(handler=run_lab)
@@ -129,7 +132,7 @@ def run_lab(args) -> int:
     lab = Lab(args.name, root=Path.cwd(), log=_print)
     start = time.monotonic()
     if args.lab_action == "up":
-        info = lab.up(args.topology)
+        info = lab.up(args.topology, args.release)
         _print(f"lab {args.name} up in {time.monotonic() - start:.1f}s")
         _print_info(info)
     elif args.lab_action == "down":
@@ -149,7 +152,7 @@ def _print_info(info: dict) -> None:
     _print(f"  bridge {info['bridge']} {info['subnet']}, DNS {info['dns']}, ACME {info['acme_directory']}")
     for host, data in info["hosts"].items():
         names = [hs["server_name"] for hs in info["homeservers"] if hs["host"] == host]
-        _print(f"  {host:<8} {data['address']:<15} {' '.join(names)}")
+        _print(f"  {host:<8} {data['address']:<15} {data.get('release', ''):<9} {' '.join(names)}")
     _print(f"  inventory  {info['inventory']}")
     _print(f"  CA bundle  {info['ca_file']}")
     first = next(iter(info["hosts"].values()))["address"]

@@ -11,12 +11,15 @@ def deploy_homeservers() -> None:
     data (validated for every host first), then check federation from the controller. One run at
     a time per host: the run holds the host's deploy lock from its first change to its end."""
     from pyinfra import host, inventory
+    from pyinfra.facts.server import LinuxDistribution
 
-    from federate.deploy import database, dns_records, federation_check, firewall, proxy, synapse, system, tls
+    from federate.deploy import database, debian, dns_records, federation_check, firewall, proxy, synapse, system, tls
     from federate.inventory import refuse, settings_for
     from federate.pyinfra_ext.lease import lock_acquired, lock_released, lock_renewed
 
     settings = settings_for(inventory, host)
+    if problem := debian.unsupported_problem(host.name, host.get_fact(LinuxDistribution)):
+        refuse(problem)  # before any other fact: those assume a Debian host
     if problem := database.backend_switch_problem(settings) or synapse.downgrade_problem(settings):
         refuse(problem)
     dns_records.announce(settings)
@@ -26,11 +29,11 @@ def deploy_homeservers() -> None:
         lock_renewed(name=f"Deploy lock renewed before {before}", lease=lease)
 
     lock_acquired(name="Deploy lock: one run at a time on this host", lease=lease, wait=settings.lock.wait)
+    chosen_proxy = proxy.proxy_for(settings, debian.host_release())
     proxy.retire_other(settings)  # frees 80, 443 and 8448 for the chosen proxy before its package starts it
-    system.packages(settings)
+    system.packages(settings, chosen_proxy)
     renewed("the firewall")  # the slow steps (packages, the venv, certificates) each get a fresh lease
     firewall.configure(settings)
-    chosen_proxy = proxy.proxy_for(settings)
     proxy.http_site(chosen_proxy)
     certificate_ops = tls.certificates(settings, chosen_proxy.certificates, reload_marker=chosen_proxy.reload_marker)
     if settings.homeservers:  # a delegation host only publishes well-known files

@@ -16,25 +16,47 @@ from pyinfra.facts.files import File
 from pyinfra.operations import postgres, systemd
 
 from federate.deploy import paths
+from federate.deploy.debian import host_release
 from federate.pyinfra_ext.files import config_file, file_attributes
 from federate.pyinfra_ext.owed import changed_or_owed, pending_marker, settled
 from federate.settings import Homeserver, HostSettings
 from federate.deploy.templating import render
 
 SOCKET_DIR = "/var/run/postgresql"
+DEFAULT_PORT = 5432
 IDENT_MAP = "federate"
 PSQL_AS_POSTGRES = {"_su_user": "postgres"}  # su exists on every Debian host; sudo may not
 
 
-class PostgresVersion(FactBase):
-    """Major version of the installed cluster config (e.g. '15'), or None."""
+class PostgresClusters(FactBase):
+    """The clusters of Debian's postgresql-common (`pg_lsclusters`): a list of
+    {version, name, port, status}; empty before PostgreSQL is installed."""
 
     def command(self) -> str:
-        return "ls /etc/postgresql 2>/dev/null | sort -n | tail -n 1"
+        return "pg_lsclusters --no-header 2>/dev/null || true"
+
+    @staticmethod
+    def default():
+        return []
 
     def process(self, output):
-        value = "".join(output).strip()
-        return value or None
+        clusters = []
+        for line in output:
+            words = line.split()
+            if len(words) >= 4 and words[2].isdigit():
+                clusters.append({"version": words[0], "name": words[1], "port": int(words[2]),
+                                 "status": words[3]})
+        return clusters
+
+
+def cluster_config_dir(clusters: list[dict], fresh_version: str) -> str:
+    """The config dir of the cluster Synapse uses: the one on PostgreSQL's default port, which
+    the socket in SOCKET_DIR reaches. A host upgraded to a newer Debian keeps its old cluster
+    there (the new release's empty cluster gets the next port); a fresh host gets the release's."""
+    for cluster in clusters:
+        if cluster["port"] == DEFAULT_PORT:
+            return f"/etc/postgresql/{cluster['version']}/{cluster['name']}"
+    return f"/etc/postgresql/{fresh_version}/main"
 
 
 class PostgresDatabaseExists(FactBase):
@@ -97,8 +119,7 @@ def driver_requirements(settings: HostSettings) -> list[str]:
 def configure(settings: HostSettings):
     if settings.database != "postgres":
         return
-    version = host.get_fact(PostgresVersion) or "15"
-    conf = f"/etc/postgresql/{version}/main"
+    conf = cluster_config_dir(host.get_fact(PostgresClusters), host_release().postgresql)
     roles = [hs.database_name for hs in settings.homeservers]
     reload = pending_marker("reload-postgresql")
     ident = config_file(name="pg_ident.conf: matrix-synapse may log in as each homeserver's role",

@@ -9,7 +9,7 @@ from pyinfra.operations import apt
 
 from federate.deploy import database, synapse
 from federate.deploy.firewall import firewall_for
-from federate.deploy.proxy import proxy_for
+from federate.deploy.proxy import Proxy
 from federate.pyinfra_ext.apt import dpkg_consistent
 from federate.pyinfra_ext.files import config_file
 from federate.settings import HostSettings
@@ -19,8 +19,7 @@ BASE_PACKAGES = ("curl",)
 APT_LOCK_TIMEOUT = 'DPkg::Lock::Timeout "300";\n'
 
 
-def wanted_packages(settings: HostSettings) -> list[str]:
-    proxy = proxy_for(settings)
+def wanted_packages(settings: HostSettings, proxy: Proxy) -> list[str]:
     wanted = [*BASE_PACKAGES, *proxy.packages, *proxy.certificates.packages,
               *firewall_for(settings).packages]
     if settings.homeservers:
@@ -29,11 +28,11 @@ def wanted_packages(settings: HostSettings) -> list[str]:
 
 
 @deploy("System packages")
-def packages(settings: HostSettings):
+def packages(settings: HostSettings, proxy: Proxy):
     config_file(name="apt waits for the dpkg lock", dest="/etc/apt/apt.conf.d/50federate-lock-timeout",
                 content=APT_LOCK_TIMEOUT)
     dpkg_consistent(name="Finish an interrupted dpkg run")
-    wanted = wanted_packages(settings)
+    wanted = wanted_packages(settings, proxy)
     installed = host.get_fact(DebPackages) or {}
     # Refresh the package lists only when something is missing: a converged host changes nothing.
     if any(name not in installed for name in wanted):

@@ -1,4 +1,4 @@
-"""The lab: disposable Debian bookworm hosts (systemd-nspawn on a bridge) with a lab DNS, a lab
+"""The lab: disposable Debian hosts (bookworm or trixie, per host) (systemd-nspawn on a bridge) with a lab DNS, a lab
 ACME server and a forward proxy that reaches only the package registries the controller uses.
 
     lab = Lab("dev", root=Path("."))
@@ -47,13 +47,15 @@ class Lab:
 
     # --- public API ------------------------------------------------------------------------------
 
-    def up(self, topology: dict | str | Path | None = None) -> dict:
-        """Boot the lab (or re-report a running one); returns the content of lab.json."""
-        spec = topo.load_topology(topology)
+    def up(self, topology: dict | str | Path | None = None, release: str | None = None) -> dict:
+        """Boot the lab (or re-report a running one); returns the content of lab.json.
+        `release` is the Debian release of hosts whose topology entry names none."""
+        spec = topo.load_topology(topology, release)
         with self._locked():
             running = self._running_info()
             if running is not None:
-                if topology is not None and State(self.paths.state_file).get("topology") != spec:
+                changed = State(self.paths.state_file).get("topology") != spec
+                if (topology is not None or release is not None) and changed:
                     raise RuntimeError(f"lab {self.name} is up with another topology: "
                                        f"`federate lab down --name {self.name}` first")
                 self.log(f"lab {self.name} is already up ({self.paths.file('lab.json')})")
@@ -119,7 +121,8 @@ class Lab:
         self._check_tools()
         state = State(self.paths.state_file)
         state.set("topology", spec)
-        lower = self._step("rootfs", lambda: rootfs.ensure_rootfs(self.log))
+        lowers = self._step("rootfs", lambda: {release: rootfs.ensure_rootfs(release, self.log)
+                                               for release in topo.releases(spec)})
         bridge_ip, subnet = self._step("bridge", lambda: self._make_bridge(state))
         addresses = topo.host_addresses(spec, lambda i: host_address(subnet, i))
         state.set("addresses", addresses)
@@ -136,7 +139,7 @@ class Lab:
         cas = {**hosts.controller_ca_files(),
                "federate-lab-ca.crt": self.paths.file("lab_ca.pem").read_bytes(),
                "federate-pebble-root.crt": pebble_root}
-        self._step("hosts", lambda: self._start_hosts(state, spec, lower, subnet, bridge_ip, files, cas))
+        self._step("hosts", lambda: self._start_hosts(state, spec, lowers, subnet, bridge_ip, files, cas))
         info = self._write_outputs(state, spec, subnet, bridge_ip)
         self._step("self-check", lambda: self._self_check(info))
         state.set("ready", True)
@@ -224,14 +227,14 @@ class Lab:
         state.record_process(key, pid, exe)
         return pid
 
-    def _start_hosts(self, state: State, spec: dict, lower: Path, subnet, bridge_ip: str,
+    def _start_hosts(self, state: State, spec: dict, lowers: dict[str, Path], subnet, bridge_ip: str,
                      files: dict, cas: dict) -> None:
         """Prepare all roots in parallel (mostly key generation and CA rehashing), boot, wait."""
         addresses = state.get("addresses")
         prepare_start = time.monotonic()
         with ThreadPoolExecutor(max_workers=4) as pool:
             roots = dict(zip(spec["hosts"], pool.map(
-                lambda host: self._prepare_host(host, lower, addresses[host], subnet.prefixlen,
+                lambda host: self._prepare_host(host, lowers[spec["hosts"][host]["release"]], addresses[host], subnet.prefixlen,
                                                 bridge_ip, files, cas), spec["hosts"])))
         self.log(f"    roots prepared in {time.monotonic() - prepare_start:.1f}s")
         known = [line for host, root in roots.items() for line in hosts.known_hosts_lines(root, addresses[host])]
@@ -267,7 +270,8 @@ class Lab:
             "ca_file": str(self.paths.file(topo.CA_BUNDLE)), "ssh_key": str(key),
             "known_hosts": str(known), "inventory": str(inventory),
             "acme_directory": topo.acme_directory(bridge_ip),
-            "hosts": {host: {"address": address} for host, address in addresses.items()},
+            "hosts": {host: {"address": address, "release": spec["hosts"][host]["release"]}
+                      for host, address in addresses.items()},
             "homeservers": topo.homeserver_summaries(spec),
         }
         services.write_json(self.paths.file("lab.json"), info)

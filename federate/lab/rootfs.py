@@ -9,14 +9,30 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .sources import AptSource, controller_apt_sources, release_sources
+from .sources import AptSource, controller_apt_sources, controller_release, sources_for_release
 
-RELEASE = "bookworm"
+# The Debian releases lab hosts can run (the ones the deploy supports), oldest first.
+RELEASES = ("bookworm", "trixie")
+DEFAULT_RELEASE = "bookworm"
 CACHE_DIR = Path("/var/cache/federate")
-TARBALL = CACHE_DIR / f"rootfs-{RELEASE}.tar.zst"
-TARBALL_STAMP = CACHE_DIR / f"rootfs-{RELEASE}.stamp"
-EXTRACTED = CACHE_DIR / f"rootfs-{RELEASE}"
-EXTRACTED_STAMP = CACHE_DIR / f"rootfs-{RELEASE}.extracted"
+
+
+class Cache:
+    """Where one release's rootfs tarball and extracted tree live, with their recipe stamps."""
+
+    def __init__(self, release: str):
+        self.release = release
+        self.tarball = CACHE_DIR / f"rootfs-{release}.tar.zst"
+        self.tarball_stamp = CACHE_DIR / f"rootfs-{release}.stamp"
+        self.extracted = CACHE_DIR / f"rootfs-{release}"
+        self.extracted_stamp = CACHE_DIR / f"rootfs-{release}.extracted"
+
+
+def check_release(release: str) -> str:
+    if release not in RELEASES:
+        raise ValueError(f"release: {release!r} is not a Debian release lab hosts can run "
+                         f"(one of: {', '.join(RELEASES)})")
+    return release
 
 INCLUDE = [
     "systemd", "systemd-sysv", "dbus", "openssh-server", "iproute2", "ca-certificates",
@@ -32,9 +48,9 @@ CUSTOMIZE_HOOKS = [
 ]
 
 
-def build_recipe(sources: list[AptSource]) -> dict:
+def build_recipe(release: str, sources: list[AptSource]) -> dict:
     """Everything that decides the content of the rootfs; a change means a rebuild."""
-    return {"release": RELEASE, "include": INCLUDE, "hooks": CUSTOMIZE_HOOKS,
+    return {"release": release, "include": INCLUDE, "hooks": CUSTOMIZE_HOOKS,
             "mirrors": [s.one_line() for s in sources]}
 
 
@@ -52,59 +68,67 @@ def _stamp_matches(path: Path, stamp: str) -> bool:
     return path.exists() and path.read_text().strip() == stamp
 
 
-def ensure_tarball(log=print) -> str:
-    """Build the rootfs tarball unless a cached one was built from the same recipe."""
-    sources = release_sources(controller_apt_sources(), RELEASE)
+def host_sources(release: str) -> list[AptSource]:
+    """The controller's mirrors for `release` (derived from its own release's suites if need be)."""
+    controller = controller_release() or ""
+    sources = sources_for_release(controller_apt_sources(), release, controller)
     if not sources:
-        raise RuntimeError(f"the controller's apt sources name no {RELEASE} suite to build hosts from")
-    recipe = build_recipe(sources)
+        raise RuntimeError(f"the controller's apt sources name neither a {release} suite nor one of its own "
+                           f"release ({controller or 'unknown'}) to derive the {release} mirrors from")
+    return sources
+
+
+def ensure_tarball(cache: Cache, log=print) -> str:
+    """Build the rootfs tarball unless a cached one was built from the same recipe."""
+    recipe = build_recipe(cache.release, host_sources(cache.release))
     stamp = recipe_stamp(recipe)
-    if TARBALL.exists() and _stamp_matches(TARBALL_STAMP, stamp):
+    if cache.tarball.exists() and _stamp_matches(cache.tarball_stamp, stamp):
         return stamp
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    log(f"building the {RELEASE} rootfs with mmdebstrap (once, cached in {TARBALL})")
-    partial = TARBALL.with_name(TARBALL.name.replace(".tar.zst", ".partial.tar.zst"))
+    log(f"building the {cache.release} rootfs with mmdebstrap (once, cached in {cache.tarball})")
+    partial = cache.tarball.with_name(cache.tarball.name.replace(".tar.zst", ".partial.tar.zst"))
     result = subprocess.run(mmdebstrap_command(recipe, partial), stdin=subprocess.DEVNULL,
                             capture_output=True, text=True)
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
         raise RuntimeError(f"mmdebstrap failed:\n{result.stderr[-3000:]}")
-    partial.replace(TARBALL)
-    TARBALL_STAMP.write_text(stamp + "\n")
+    partial.replace(cache.tarball)
+    cache.tarball_stamp.write_text(stamp + "\n")
     return stamp
 
 
-def ensure_extracted(stamp: str, log=print) -> Path:
+def ensure_extracted(cache: Cache, stamp: str, log=print) -> Path:
     """The tarball unpacked once into a directory shared read-only by all hosts' overlays."""
-    if EXTRACTED.is_dir() and _stamp_matches(EXTRACTED_STAMP, stamp):
-        return EXTRACTED
-    if in_use():
-        raise RuntimeError(f"the rootfs recipe changed but running lab hosts use {EXTRACTED}: "
+    if cache.extracted.is_dir() and _stamp_matches(cache.extracted_stamp, stamp):
+        return cache.extracted
+    if in_use(cache.extracted):
+        raise RuntimeError(f"the rootfs recipe changed but running lab hosts use {cache.extracted}: "
                            "bring those labs down first")
-    log(f"extracting the rootfs to {EXTRACTED}")
-    EXTRACTED_STAMP.unlink(missing_ok=True)
-    if EXTRACTED.exists():
-        shutil.rmtree(EXTRACTED)
-    partial = EXTRACTED.with_name(EXTRACTED.name + ".partial")
+    log(f"extracting the rootfs to {cache.extracted}")
+    cache.extracted_stamp.unlink(missing_ok=True)
+    if cache.extracted.exists():
+        shutil.rmtree(cache.extracted)
+    partial = cache.extracted.with_name(cache.extracted.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
-    subprocess.run(["tar", "--zstd", "-xpf", str(TARBALL), "-C", str(partial), "--numeric-owner",
+    subprocess.run(["tar", "--zstd", "-xpf", str(cache.tarball), "-C", str(partial), "--numeric-owner",
                     "--xattrs", "--xattrs-include=*"], check=True, stdin=subprocess.DEVNULL)
-    partial.rename(EXTRACTED)
-    EXTRACTED_STAMP.write_text(stamp + "\n")
-    return EXTRACTED
+    partial.rename(cache.extracted)
+    cache.extracted_stamp.write_text(stamp + "\n")
+    return cache.extracted
 
 
-def in_use() -> bool:
+def in_use(extracted: Path) -> bool:
     """Some overlay mount has the extracted rootfs as its lower layer."""
     mountinfo = Path("/proc/self/mountinfo").read_text()
-    return f"lowerdir={EXTRACTED}," in mountinfo or f"lowerdir={EXTRACTED}\n" in mountinfo
+    return f"lowerdir={extracted}," in mountinfo or f"lowerdir={extracted}\n" in mountinfo
 
 
-def ensure_rootfs(log=print) -> Path:
+def ensure_rootfs(release: str = DEFAULT_RELEASE, log=print) -> Path:
     """Build (once) and extract (once); a lock keeps labs started in parallel from racing."""
+    cache = Cache(check_release(release))
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with open(CACHE_DIR / ".lock", "w") as lock:
+    with open(CACHE_DIR / f".lock-{release}", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return ensure_extracted(ensure_tarball(log), log)
+        return ensure_extracted(cache, ensure_tarball(cache, log), log)

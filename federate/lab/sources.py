@@ -97,9 +97,47 @@ def controller_apt_sources() -> list[AptSource]:
     return sources
 
 
+# The suites of one Debian release a lab host gets: the release itself, its updates and its
+# security archive (backports and third-party suites stay with the controller).
+RELEASE_SUITE_SUFFIXES = ("", "-updates", "-security")
+
+
 def release_sources(sources: list[AptSource], release: str) -> list[AptSource]:
-    """The sources for one Debian release (`bookworm`, `bookworm-updates`, `bookworm-security`, ...)."""
-    return [s for s in sources if s.suite == release or s.suite.startswith(release + "-")]
+    """The sources for one Debian release (`bookworm`, `bookworm-updates`, `bookworm-security`)."""
+    return [s for s in sources if s.suite in {release + suffix for suffix in RELEASE_SUITE_SUFFIXES}]
+
+
+def sources_for_release(sources: list[AptSource], release: str, controller_release: str) -> list[AptSource]:
+    """Sources for a lab host of `release`, whatever release the controller runs.
+
+    The controller's own suites name the mirrors it uses; for another release the same mirrors
+    serve that release's suites, so the suite names are swapped and nothing else changes.
+    """
+    own = release_sources(sources, release)
+    if own:
+        return own
+    derived = []
+    for source in release_sources(sources, controller_release):
+        suffix = source.suite[len(controller_release):]
+        derived.append(AptSource(source.uri, release + suffix, source.components))
+    return derived
+
+
+def os_release_codename(text: str) -> str | None:
+    """VERSION_CODENAME from the text of /etc/os-release (None if absent)."""
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "VERSION_CODENAME":
+            return value.strip().strip('"') or None
+    return None
+
+
+def controller_release() -> str | None:
+    """The controller's Debian codename, from /etc/os-release."""
+    try:
+        return os_release_codename(Path("/etc/os-release").read_text())
+    except OSError:
+        return None
 
 
 # --- pip ---------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import json
 import pprint
 from pathlib import Path
 
+from .rootfs import DEFAULT_RELEASE, check_release
 from .services import ACME_NAME, ACME_PORT
 
 DEFAULT_TOPOLOGY = {
@@ -21,7 +22,9 @@ DEFAULT_TOPOLOGY = {
             {"server_name": "internal.alpha.test", "profile": "internal",
              "federation_whitelist": ["alpha.test"], "users": [{"localpart": "carol"}]},
         ]},
-        "hs2": {"homeservers": [{"server_name": "beta.test", "profile": "external",
+        # a mixed lab: federation is proven across Debian 12 and Debian 13 hosts
+        "hs2": {"release": "trixie",
+                "homeservers": [{"server_name": "beta.test", "profile": "external",
                                  "users": [{"localpart": "bob"}]}]},
     },
 }
@@ -31,19 +34,30 @@ ACME_EMAIL = "admin@lab.test"
 CA_BUNDLE = "ca_bundle.pem"
 
 
-def load_topology(source: str | Path | dict | None) -> dict:
+def load_topology(source: str | Path | dict | None, release: str | None = None) -> dict:
+    """The topology with every host's Debian release filled in: its own `release`, else `release`
+    (the `federate lab up --release` option), else the default."""
     if source is None:
-        return copy.deepcopy(DEFAULT_TOPOLOGY)
-    if isinstance(source, dict):
+        topology = copy.deepcopy(DEFAULT_TOPOLOGY)
+    elif isinstance(source, dict):
         topology = copy.deepcopy(source)
     else:
         topology = json.loads(Path(source).read_text())
     if not isinstance(topology.get("hosts"), dict) or not topology["hosts"]:
         raise ValueError("topology: 'hosts' must map host names to {'homeservers': [...]}")
-    for host in topology["hosts"]:
+    for host, spec in topology["hosts"].items():
         if not host.replace("-", "").isalnum() or not host[0].isalpha() or len(host) > 20:
             raise ValueError(f"topology: host name {host!r} must be short letters, digits and '-'")
+        try:
+            spec["release"] = check_release(spec.get("release") or release or DEFAULT_RELEASE)
+        except ValueError as error:
+            raise ValueError(f"topology: hosts.{host}.{error}") from None
     return topology
+
+
+def releases(topology: dict) -> list[str]:
+    """The Debian releases the topology's hosts run, each once."""
+    return sorted({spec["release"] for spec in topology["hosts"].values()})
 
 
 def bare_name(server_name: str) -> str:

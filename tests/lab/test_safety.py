@@ -4,6 +4,7 @@ with a traceback; secret values never appear in any kind of output."""
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,34 @@ def test_bad_input_is_refused_before_any_change(deployed, tmp_path, case):
     assert message in output, output[-2000:]
     assert "Traceback" not in output
     assert "Starting operation" not in output  # refused before anything ran on any host
+
+
+OTHER_SYSTEMS = {
+    "Debian 11": ('PRETTY_NAME="Debian GNU/Linux 11 (bullseye)"\nNAME="Debian GNU/Linux"\nVERSION_ID="11"\n'
+                  'VERSION_CODENAME=bullseye\nID=debian\n', "Debian GNU/Linux 11 (bullseye)"),
+    "Ubuntu": ('PRETTY_NAME="Ubuntu 24.04.1 LTS"\nNAME="Ubuntu"\nVERSION_ID="24.04"\nID=ubuntu\n'
+               'ID_LIKE=debian\nVERSION_CODENAME=noble\n', "Ubuntu 24.04.1 LTS"),
+}
+
+
+@pytest.mark.parametrize("system", list(OTHER_SYSTEMS))
+def test_an_unsupported_system_is_refused_before_any_change(deployed, system):
+    """hs2 claims another system in /etc/os-release: the run stops while planning, naming the host
+    and what the file says, and no operation starts (the deploy lock is never taken)."""
+    text, pretty = OTHER_SYSTEMS[system]
+    deployed.ssh("hs2", f"cp -P /etc/os-release /root/os-release.link && rm /etc/os-release && "
+                        f"printf %s {shlex.quote(text)} > /etc/os-release")
+    try:
+        result = run_deploy(deployed.inventory, "--limit", "hs2")
+    finally:
+        deployed.ssh("hs2", "mv -f /root/os-release.link /etc/os-release")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert (f"host hs2: /etc/os-release says {pretty}; federate deploys to Debian 12 (bookworm) and "
+            "Debian 13 (trixie) only") in output, output[-2000:]
+    assert "Traceback" not in output
+    assert "Starting operation" not in output
+    assert deployed.ssh("hs2", "test -L /etc/os-release && grep -c VERSION_ID=.13 /etc/os-release").stdout.strip() == "1"
 
 
 def test_hosts_unchanged_after_refusals(deployed):

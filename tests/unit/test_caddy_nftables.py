@@ -5,6 +5,7 @@ import re
 
 from federate.deploy import system
 from federate.deploy.firewall import nftables
+from federate.deploy.debian import BOOKWORM
 from federate.deploy.proxy import caddy, proxy_for
 from federate.lab import pki
 from federate.settings import host_settings
@@ -25,7 +26,7 @@ def site_block(caddyfile: str, address_line_start: str) -> str:
 
 def test_caddy_site_routes_like_nginx():
     s = settings([{"server_name": "alpha.test", "public_host": "matrix.alpha.test", "port": 8100}])
-    caddyfile = proxy_for(s).render_caddyfile()
+    caddyfile = proxy_for(s, BOOKWORM).render_caddyfile()
     site = site_block(caddyfile, "alpha.test:443")
     assert site.splitlines()[0] == ("alpha.test:443, matrix.alpha.test:443, alpha.test:8448, "
                                     "matrix.alpha.test:8448 {")
@@ -39,7 +40,7 @@ def test_caddy_site_routes_like_nginx():
 
 def test_caddy_well_known_answers_are_plain_json_with_cors():
     s = settings([{"server_name": "alpha.test", "public_host": "matrix.alpha.test"}])
-    site = site_block(proxy_for(s).render_caddyfile(), "alpha.test:443")
+    site = site_block(proxy_for(s, BOOKWORM).render_caddyfile(), "alpha.test:443")
     for kind, document in (("server", {"m.server": "matrix.alpha.test:443"}),
                            ("client", {"m.homeserver": {"base_url": "https://matrix.alpha.test"}})):
         block = site.split(f"handle /.well-known/matrix/{kind} {{")[1].split("\t}")[0]
@@ -50,7 +51,7 @@ def test_caddy_well_known_answers_are_plain_json_with_cors():
 
 
 def test_caddy_global_options_acme_directory_and_email():
-    caddyfile = proxy_for(settings([{"server_name": "alpha.test"}])).render_caddyfile()
+    caddyfile = proxy_for(settings([{"server_name": "alpha.test"}]), BOOKWORM).render_caddyfile()
     options = caddyfile.split("\n}\n")[0]
     assert "acme_ca https://acme.test/dir" in options and "email ops@alpha.test" in options
     assert "protocols h1 h2" in options  # no HTTP/3: the firewall opens no UDP port
@@ -64,7 +65,7 @@ def test_caddy_provided_certificates_and_closed_federation(tmp_path):
     s = settings([{"server_name": "in.test", "profile": "internal"}],
                  tls={"mode": "provided", "certificates": {"in.test": {"cert": str(tmp_path / "c.pem"),
                                                                          "key": str(tmp_path / "k.pem")}}})
-    caddyfile = proxy_for(s).render_caddyfile()
+    caddyfile = proxy_for(s, BOOKWORM).render_caddyfile()
     assert "acme_ca" not in caddyfile and "email" not in caddyfile
     site = site_block(caddyfile, "in.test:443")
     assert site.splitlines()[0] == "in.test:443 {"  # no federation: no 8448
@@ -74,7 +75,7 @@ def test_caddy_provided_certificates_and_closed_federation(tmp_path):
 def test_caddy_delegation_and_srv_sites():
     s = settings([{"server_name": "beta.test", "public_host": "matrix.beta.test", "discovery": "srv"}],
                  delegations=[{"server_name": "gamma.test", "public_host": "matrix.gamma.test"}])
-    caddyfile = proxy_for(s).render_caddyfile()
+    caddyfile = proxy_for(s, BOOKWORM).render_caddyfile()
     srv = site_block(caddyfile, "beta.test:443")
     assert "/.well-known/matrix/server" not in srv and "/.well-known/matrix/client" in srv
     delegation = site_block(caddyfile, "gamma.test:443")
@@ -87,8 +88,8 @@ def test_upload_sizes():
 
 def test_caddy_needs_no_certbot():
     s = settings([{"server_name": "alpha.test"}])
-    assert "certbot" not in system.wanted_packages(s)
-    assert {"caddy", "nftables"} <= set(system.wanted_packages(s))
+    assert "certbot" not in system.wanted_packages(s, proxy_for(s, BOOKWORM))
+    assert {"caddy", "nftables"} <= set(system.wanted_packages(s, proxy_for(s, BOOKWORM)))
 
 
 def test_nftables_policy_allows_only_ssh_and_web_ports():

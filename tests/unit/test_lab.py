@@ -113,6 +113,70 @@ def test_release_sources_keep_only_that_release():
         "bookworm", "bookworm-updates", "bookworm-security"}
 
 
+# What Debian 13 installs by default: one deb822 file naming trixie's suites.
+TRIXIE_DEB822 = """\
+Types: deb
+URIs: http://mirror.example/debian
+Suites: trixie trixie-updates
+Components: main non-free-firmware
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://mirror.example/debian-security
+Suites: trixie-security
+Components: main non-free-firmware
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+"""
+
+
+def test_a_bookworm_controller_derives_trixie_sources_from_its_own_mirrors():
+    parsed = sources.parse_one_line_sources(ONE_LINE) + sources.parse_deb822_sources(DEB822)
+    derived = sources.sources_for_release(parsed, "trixie", "bookworm")
+    assert [(s.uri, s.suite, s.components) for s in derived] == [
+        ("http://mirror.example/debian", "trixie", ("main", "contrib")),
+        ("http://mirror.example/debian", "trixie", ("main",)),
+        ("http://mirror.example/debian", "trixie-updates", ("main",)),
+        ("http://mirror.example/debian-security", "trixie-security", ("main",)),
+    ]
+    # its own release is taken as written
+    assert sources.sources_for_release(parsed, "bookworm", "bookworm") == sources.release_sources(parsed, "bookworm")
+
+
+def test_a_trixie_controller_derives_bookworm_sources():
+    parsed = sources.parse_deb822_sources(TRIXIE_DEB822)
+    derived = sources.sources_for_release(parsed, "bookworm", "trixie")
+    assert [s.one_line() for s in derived] == [
+        "deb http://mirror.example/debian bookworm main non-free-firmware",
+        "deb http://mirror.example/debian bookworm-updates main non-free-firmware",
+        "deb http://mirror.example/debian-security bookworm-security main non-free-firmware",
+    ]
+    assert [s.suite for s in sources.sources_for_release(parsed, "trixie", "trixie")] == [
+        "trixie", "trixie-updates", "trixie-security"]
+
+
+def test_no_debian_suite_derives_nothing():
+    third_party = sources.parse_one_line_sources("deb https://other.example/apt cloud-sdk-bookworm main\n")
+    assert sources.sources_for_release(third_party, "trixie", "bookworm") == []
+
+
+def test_os_release_codename():
+    text = 'PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nVERSION_ID="13"\nVERSION_CODENAME=trixie\nID=debian\n'
+    assert sources.os_release_codename(text) == "trixie"
+    assert sources.os_release_codename("ID=debian\n") is None
+
+
+def test_rootfs_recipe_and_cache_are_per_release():
+    from federate.lab import rootfs
+    derived = sources.sources_for_release(sources.parse_deb822_sources(TRIXIE_DEB822), "bookworm", "trixie")
+    recipe = rootfs.build_recipe("bookworm", derived)
+    command = rootfs.mmdebstrap_command(recipe, Path("/tmp/out.tar.zst"))
+    assert command[-4:] == ["bookworm", "/tmp/out.tar.zst", *[s.one_line() for s in derived]][-4:]
+    assert rootfs.recipe_stamp(recipe) != rootfs.recipe_stamp(rootfs.build_recipe("trixie", derived))
+    assert rootfs.Cache("trixie").extracted != rootfs.Cache("bookworm").extracted
+    with pytest.raises(ValueError, match="release: 'sid'"):
+        rootfs.check_release("sid")
+
+
 def test_pip_indexes_later_files_and_environment_win():
     texts = ["[global]\nindex-url = https://first.example/simple\n",
              "[global]\nextra-index-url = file:///opt/wheels https://extra.example/simple\n"]
@@ -193,6 +257,18 @@ def test_topology_refuses_bad_input():
         topology.load_topology({"hosts": {}})
     with pytest.raises(ValueError):
         topology.load_topology({"hosts": {"bad name": {"homeservers": []}}})
+    with pytest.raises(ValueError, match=r"hosts\.hs1\.release: 'buster'"):
+        topology.load_topology({"hosts": {"hs1": {"release": "buster", "homeservers": []}}})
+
+
+def test_each_host_gets_a_release():
+    demo = topology.load_topology(None)
+    assert {h: s["release"] for h, s in demo["hosts"].items()} == {"hs1": "bookworm", "hs2": "trixie"}
+    assert topology.releases(demo) == ["bookworm", "trixie"]
+    spec = {"hosts": {"a": {"homeservers": []}, "b": {"release": "bookworm", "homeservers": []}}}
+    chosen = topology.load_topology(spec, release="trixie")  # --release: hosts naming none
+    assert [s["release"] for s in chosen["hosts"].values()] == ["trixie", "bookworm"]
+    assert [s["release"] for s in topology.load_topology(spec)["hosts"].values()] == ["bookworm", "bookworm"]
 
 
 def test_inventory_is_valid_python_with_absolute_paths(tmp_path):

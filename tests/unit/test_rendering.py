@@ -5,6 +5,7 @@ import json
 import yaml
 
 from federate.deploy import synapse
+from federate.deploy.debian import BOOKWORM, TRIXIE
 from federate.deploy.proxy import proxy_for
 from federate.settings import host_settings
 from federate.deploy.templating import render
@@ -39,7 +40,7 @@ def test_internal_homeserver_without_partners_exposes_no_federation():
     config = yaml.safe_load(synapse.render_homeserver_yaml(s, s.homeservers[0]))
     assert config["federation_domain_whitelist"] == []
     assert config["listeners"][0]["resources"][0]["names"] == ["client"]
-    site = render("federate-homeserver.conf.j2", **proxy_for(s).site_context(s.homeservers[0]))
+    site = render("federate-homeserver.conf.j2", **proxy_for(s, BOOKWORM).site_context(s.homeservers[0]))
     assert "8448" not in site
 
 
@@ -52,15 +53,28 @@ def test_whitelist_keeps_only_whitelisted_key_servers():
 
 def test_nginx_site_routes():
     s = settings([{"server_name": "alpha.test", "public_host": "matrix.alpha.test", "port": 8100}])
-    site = render("federate-homeserver.conf.j2", **proxy_for(s).site_context(s.homeservers[0]))
+    site = proxy_for(s, BOOKWORM).wanted_sites()["/etc/nginx/conf.d/federate-alpha.test.conf"]
     assert "server_name alpha.test matrix.alpha.test;" in site
     for port in ("443", "8448"):
         assert f"listen {port} ssl http2;" in site
+    assert "http2 on;" not in site
     assert "proxy_pass http://127.0.0.1:8100;" in site  # no URI part after the port
     assert "client_max_body_size 50M;" in site
     server_json = site.split("/.well-known/matrix/server")[1].split("return 200 '")[1].split("'")[0]
     assert json.loads(server_json) == {"m.server": "matrix.alpha.test:443"}
     assert "location ^~ /_synapse/admin" in site
+
+
+def test_nginx_on_trixie_uses_the_http2_directive():
+    """nginx 1.26 (Debian 13) deprecates `listen ... http2`; the same settings render `http2 on;`."""
+    s = settings([{"server_name": "alpha.test", "public_host": "matrix.alpha.test"}])
+    bookworm = proxy_for(s, BOOKWORM).wanted_sites()["/etc/nginx/conf.d/federate-alpha.test.conf"]
+    trixie = proxy_for(s, TRIXIE).wanted_sites()["/etc/nginx/conf.d/federate-alpha.test.conf"]
+    assert "http2 on;" in trixie and " http2;" not in trixie
+    for port in ("443", "[::]:443", "8448", "[::]:8448"):
+        assert f"listen {port} ssl;" in trixie
+    # nothing else differs between the releases
+    assert trixie.replace("    http2 on;\n", "").replace(" ssl;", " ssl http2;") == bookworm
 
 
 def test_unit_runs_both_config_files():

@@ -2,7 +2,7 @@
 
 Both terminate TLS on 443 and 8448 for each server name, serve the well-known files with a plain
 200, answer port 80, and send `/_matrix` and `/_synapse/client` to Synapse on loopback.
-`proxy_for(settings)` picks the strategy once; the deploys below only call its interface.
+`proxy_for(settings, release)` picks the strategy once; the deploys below only call its interface.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import systemd
 
 from federate.deploy import wellknown
+from federate.deploy.debian import Release
 from federate.deploy.tls import Certificates, tls_for
 from federate.pyinfra_ext.owed import changed_or_owed, settled
 from federate.settings import Delegation, Homeserver, HostSettings
@@ -26,8 +27,8 @@ class Proxy:
     acme: type[Certificates]  # who gets ACME certificates for this proxy
     key_owner: dict  # {user, group, mode} of provided private keys, so the proxy can read them
 
-    def __init__(self, settings: HostSettings):
-        self.settings = settings
+    def __init__(self, settings: HostSettings, release: Release):
+        self.settings, self.release = settings, release
         self.certificates: Certificates = tls_for(settings, self.acme, self.key_owner)
 
     def http_site(self) -> None:
@@ -56,8 +57,9 @@ def proxies() -> dict[str, type[Proxy]]:
     return {"nginx": Nginx, "caddy": Caddy}
 
 
-def proxy_for(settings: HostSettings) -> Proxy:
-    return proxies()[settings.proxy](settings)
+def proxy_for(settings: HostSettings, release: Release) -> Proxy:
+    """The host's proxy strategy; `release` is the host's Debian release (debian.host_release())."""
+    return proxies()[settings.proxy](settings, release)
 
 
 def reload_if_changed(service: str, marker: str, *ops) -> None:

@@ -27,6 +27,17 @@ class Nginx(Proxy):
     acme = Certbot
     key_owner = {"user": "root", "group": "root", "mode": "600"}  # nginx reads keys as root
 
+    def http2(self) -> dict:
+        """How this host's nginx is told to speak HTTP/2 (the templates' listen_http2 and http2_on)."""
+        on = self.release.nginx_http2_on
+        return {"listen_http2": "" if on else " http2", "http2_on": on}
+
+    def site_context(self, hs) -> dict:
+        return {**super().site_context(hs), **self.http2()}
+
+    def delegation_context(self, delegation) -> dict:
+        return {**super().delegation_context(delegation), **self.http2()}
+
     def wanted_sites(self) -> dict[str, str]:
         """Every site file this host serves (path -> content), homeservers and delegations alike."""
         sites = {f"{SITES_DIR}/federate-{hs.cert_name}.conf":
