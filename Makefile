@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Debian packages the controller needs for the lab (hosts, DNS, ACME, package proxy, scans).
-APT_PACKAGES := systemd-container mmdebstrap dnsmasq-base pebble tinyproxy-bin zstd nmap openssh-client iproute2
+# Debian packages the controller needs (the venv; the lab: hosts, DNS, ACME, package proxy, scans),
+# by names valid on Debian 12 and 13.
+APT_PACKAGES := python3-venv systemd-container mmdebstrap dnsmasq-base pebble tinyproxy-bin zstd nmap openssh-client iproute2
 
 .PHONY: demo test unit lab-up lab-down lab-status system-deps
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shlex
 
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import FactBase, deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import postgres, systemd
@@ -49,14 +49,23 @@ class PostgresClusters(FactBase):
         return clusters
 
 
-def cluster_config_dir(clusters: list[dict], fresh_version: str) -> str:
-    """The config dir of the cluster Synapse uses: the one on PostgreSQL's default port, which
+def cluster_in_use(clusters: list[dict], fresh_version: str) -> tuple[str, str]:
+    """(version, name) of the cluster Synapse uses: the one on PostgreSQL's default port, which
     the socket in SOCKET_DIR reaches. A host upgraded to a newer Debian keeps its old cluster
-    there (the new release's empty cluster gets the next port); a fresh host gets the release's."""
+    there (a new release's cluster would get the next port); a fresh host gets the release's."""
     for cluster in clusters:
         if cluster["port"] == DEFAULT_PORT:
-            return f"/etc/postgresql/{cluster['version']}/{cluster['name']}"
-    return f"/etc/postgresql/{fresh_version}/main"
+            return cluster["version"], cluster["name"]
+    return fresh_version, "main"
+
+
+def _note_older_cluster(version: str, release) -> None:
+    """Said on every run until the user moves the cluster: Debian's security support for the
+    older PostgreSQL ends with the older release."""
+    if version != release.postgresql:
+        logger.warning(f"{host.name}: Synapse's databases stay in the PostgreSQL {version} cluster; Debian "
+                       f"{release.major} ships PostgreSQL {release.postgresql}. Move them when convenient "
+                       "(README, 'Upgrading Debian': pg_upgradecluster, after a backup).")
 
 
 class PostgresDatabaseExists(FactBase):
@@ -119,7 +128,10 @@ def driver_requirements(settings: HostSettings) -> list[str]:
 def configure(settings: HostSettings):
     if settings.database != "postgres":
         return
-    conf = cluster_config_dir(host.get_fact(PostgresClusters), host_release().postgresql)
+    release = host_release()
+    version, cluster = cluster_in_use(host.get_fact(PostgresClusters), release.postgresql)
+    _note_older_cluster(version, release)
+    conf = f"/etc/postgresql/{version}/{cluster}"
     roles = [hs.database_name for hs in settings.homeservers]
     reload = pending_marker("reload-postgresql")
     ident = config_file(name="pg_ident.conf: matrix-synapse may log in as each homeserver's role",

@@ -110,7 +110,7 @@ def install_synapse(settings: HostSettings):
     requirement = f"matrix-synapse=={settings.synapse_version}"
     restarts = [restart_marker(hs) for hs in settings.homeservers]
     daemon_reload = pending_marker("systemd-daemon-reload")
-    removed = venv_usable(name="Remove a venv an interrupted run left unusable", venv=paths.VENV)
+    removed = venv_usable(name="Remove a venv that no longer runs (an interrupted run, a new Python)", venv=paths.VENV)
     owed_before_install(name="Note the restarts a new Synapse version owes", venv=paths.VENV,
                         version=settings.synapse_version, owes=restarts)
     venv = pip.packages(
