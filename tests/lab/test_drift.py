@@ -20,45 +20,61 @@ from federate.checker.http import https_get
 pytestmark = pytest.mark.lab
 
 BETA = "/etc/matrix-synapse/beta.test"
-KEPT_FILES = f"{BETA}/signing.key {BETA}/secrets.yaml"  # the database is PostgreSQL: its data is checked via the API
 
-# name: (tamper command on hs2, substrings of the operations that must change, and nothing else).
-# A restart or reload is owed before the change goes live and cleared after it ran ("... done").
+
+# Each drift case runs on both hosts of the mixed lab: hs2 (beta.test) runs Debian 13, hs1
+# (alpha.test, beside internal.alpha.test) Debian 12. (host, server name, the m.server it publishes)
+TARGETS = {"debian13": ("hs2", "beta.test", "beta.test:443"),
+           "debian12": ("hs1", "alpha.test", "matrix.alpha.test:443")}
+OTHER_HOST = {"hs1": "hs2", "hs2": "hs1"}
+
+
+def kept_files(name: str) -> str:
+    """The files that must survive byte for byte (the database is PostgreSQL: checked via the API)."""
+    return f"/etc/matrix-synapse/{name}/signing.key /etc/matrix-synapse/{name}/secrets.yaml"
+
+
+# name: (tamper command for server NAME on its host, substrings of the operations that must change,
+# and nothing else). A restart or reload is owed before the change goes live and cleared after it
+# ran ("... done"). On hs1 a restart of alpha.test's code also restarts internal.alpha.test, whose
+# operation names contain "alpha.test: ...".
 TAMPERS = {
-    "homeserver.yaml edited": (f"echo 'enable_registration: true' >> {BETA}/homeserver.yaml",
-                               {"beta.test: homeserver.yaml", "beta.test: restart on change",
-                                "beta.test: restart done"}),
-    "unit stopped": ("systemctl stop matrix-synapse@beta.test", {"beta.test: running and enabled"}),
-    "unit disabled": ("systemctl disable -q matrix-synapse@beta.test", {"beta.test: running and enabled"}),
+    "homeserver.yaml edited": ("echo 'enable_registration: true' >> /etc/matrix-synapse/{name}/homeserver.yaml",
+                               {"{name}: homeserver.yaml", "{name}: restart on change", "{name}: restart done"}),
+    "unit stopped": ("systemctl stop matrix-synapse@{name}", {"{name}: running and enabled"}),
+    "unit disabled": ("systemctl disable -q matrix-synapse@{name}", {"{name}: running and enabled"}),
     "firewall rule deleted": ("ufw delete allow 8448/tcp", {"ufw: allow only"}),
-    "proxy config edited": ("sed -i 's/return 404;/return 418;/' /etc/nginx/conf.d/federate-beta.test.conf"
+    "proxy config edited": ("sed -i 's/return 404;/return 418;/' /etc/nginx/conf.d/federate-{name}.conf"
                             " && systemctl reload nginx",
-                            {"beta.test: site", "nginx: reload on change", "nginx: reload done"}),
-    "proxy config removed": ("rm /etc/nginx/conf.d/federate-beta.test.conf && systemctl reload nginx",
-                             {"beta.test: site", "nginx: reload on change", "nginx: reload done"}),
-    "well-known removed": ("sed -i '/location = \\/.well-known\\/matrix\\/server/,/^    }$/d' "
-                           "/etc/nginx/conf.d/federate-beta.test.conf && systemctl reload nginx",
-                           {"beta.test: site", "nginx: reload on change", "nginx: reload done"}),
-    "file modes and owners changed": (f"chmod 644 {BETA}/secrets.yaml {BETA}/homeserver.yaml && "
-                                      "chown root /var/lib/matrix-synapse/beta.test",
-                                      {"beta.test: owner and mode of secrets.yaml",
-                                       "beta.test: homeserver.yaml owner and mode",
-                                       "beta.test: data dir"}),
+                            {"{name}: site", "nginx: reload on change", "nginx: reload done"}),
+    "proxy config removed": ("rm /etc/nginx/conf.d/federate-{name}.conf && systemctl reload nginx",
+                             {"{name}: site", "nginx: reload on change", "nginx: reload done"}),
+    "well-known removed": ("sed -i '/location = \\/.well-known\\/matrix\\/server/,/^    }}$/d' "
+                           "/etc/nginx/conf.d/federate-{name}.conf && systemctl reload nginx",
+                           {"{name}: site", "nginx: reload on change", "nginx: reload done"}),
+    "file modes and owners changed": ("chmod 644 /etc/matrix-synapse/{name}/secrets.yaml "
+                                      "/etc/matrix-synapse/{name}/homeserver.yaml && "
+                                      "chown root /var/lib/matrix-synapse/{name}",
+                                      {"{name}: owner and mode of secrets.yaml",
+                                       "{name}: homeserver.yaml owner and mode", "{name}: data dir"}),
     "PostgreSQL auth files' modes and owners changed": (
         "chmod 644 /etc/postgresql/*/main/pg_hba.conf && chown root:root /etc/postgresql/*/main/pg_ident.conf",
         {"pg_hba.conf owner and mode", "pg_ident.conf owner and mode"}),
     "package missing from the venv": ("/opt/matrix-synapse/venv/bin/python -m pip uninstall -q -y attrs",
-                                      {"Reinstall packages missing", "beta.test: restart on change",
-                                       "beta.test: restart done"}),
+                                      {"Reinstall packages missing", "{name}: restart on change",
+                                       "{name}: restart done"}),
 }
 
 
 @pytest.fixture(scope="module")
 def before(deployed):
+    """Per target: a room with a message and a file, and the hashes of the files that must stay."""
     users = prove.accounts(prove.load_settings(deployed.inventory))
-    traces = asyncio.run(leave_traces(users["beta.test"], deployed.info["dns"], deployed.info["ca_file"]))
-    hashes = deployed.ssh("hs2", f"sha256sum {KEPT_FILES}").stdout
-    return users, traces, hashes
+    found = {}
+    for target, (host, name, _) in TARGETS.items():
+        traces = asyncio.run(leave_traces(users[name], deployed.info["dns"], deployed.info["ca_file"]))
+        found[target] = users[name], traces, deployed.ssh(host, f"sha256sum {kept_files(name)}").stdout
+    return found
 
 
 def _status_settles(name: str, path: str, info: dict, status: int, seconds: float = 10.0) -> bool:
@@ -71,35 +87,39 @@ def _status_settles(name: str, path: str, info: dict, status: int, seconds: floa
     return False
 
 
+@pytest.mark.parametrize("target", list(TARGETS))
 @pytest.mark.parametrize("case", list(TAMPERS))
-def test_one_run_repairs_exactly_the_drift(deployed, before, case):
+def test_one_run_repairs_exactly_the_drift(deployed, before, case, target):
+    host, name, m_server = TARGETS[target]
     tamper, expected = TAMPERS[case]
-    deployed.ssh("hs2", tamper)
+    expected = {e.format(name=name) for e in expected}
+    deployed.ssh(host, tamper.format(name=name))
     info = deployed.info
     if case == "well-known removed":  # the tamper is real: seen from outside first
-        assert _status_settles("beta.test", "/.well-known/matrix/server", info, 404)
+        assert _status_settles(name, "/.well-known/matrix/server", info, 404)
     repair = run_deploy(deployed.inventory, "--json")
     assert repair.returncode == 0, repair.stderr[-3000:]
-    changed = changed_operations(repair, "hs2")
+    changed = changed_operations(repair, host)
     unexpected = [names for names in changed if not any(e in n for e in expected for n in names)]
     missing = [e for e in expected if not any(e in n for names in changed for n in names)]
     assert not unexpected and not missing, f"changed: {changed}"
-    assert changed_operations(repair, "hs1") == []  # the other host did not drift
+    assert changed_operations(repair, OTHER_HOST[host]) == []  # the other host did not drift
     assert_converged(deployed.inventory)
-    # Seen from outside: beta.test serves its well-known and federation API again.
-    reply = https_get("beta.test", 8448, "/_matrix/key/v2/server", ca_file=info["ca_file"], dns_server=info["dns"])
-    assert reply.status == 200 and reply.json()["server_name"] == "beta.test"
-    assert https_get("beta.test", 443, "/.well-known/matrix/server", ca_file=info["ca_file"],
-                     dns_server=info["dns"]).json() == {"m.server": "beta.test:443"}
+    # Seen from outside: the server serves its well-known and federation API again.
+    reply = https_get(name, 8448, "/_matrix/key/v2/server", ca_file=info["ca_file"], dns_server=info["dns"])
+    assert reply.status == 200 and reply.json()["server_name"] == name
+    assert https_get(name, 443, "/.well-known/matrix/server", ca_file=info["ca_file"],
+                     dns_server=info["dns"]).json() == {"m.server": m_server}
 
 
-def test_rooms_messages_media_and_keys_survived(deployed, before):
-    users, traces, hashes = before
-    bodies, media_sha256 = asyncio.run(find_traces(users["beta.test"], deployed.info["dns"],
-                                                   deployed.info["ca_file"], traces))
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_rooms_messages_media_and_keys_survived(deployed, before, target):
+    host, name, _ = TARGETS[target]
+    account, traces, hashes = before[target]
+    bodies, media_sha256 = asyncio.run(find_traces(account, deployed.info["dns"], deployed.info["ca_file"], traces))
     assert "still here" in bodies
     assert media_sha256 == traces["sha256"]
-    assert deployed.ssh("hs2", f"sha256sum {KEPT_FILES}").stdout == hashes
+    assert deployed.ssh(host, f"sha256sum {kept_files(name)}").stdout == hashes
 
 
 def test_federate_drift_names_what_drifted_and_changes_nothing(deployed):

@@ -1,6 +1,6 @@
 """Issue (reliability), on a host of its own: deploys killed at many points converge; an upgrade
 keeps data with one restart; a downgrade the database cannot take is refused; a non-22 SSH port
-stays open. Everything is observed on the real host and from outside."""
+stays open. Everything is observed on the real host and from outside, on Debian 12 and on 13."""
 
 from __future__ import annotations
 
@@ -69,11 +69,12 @@ class Solo:
         return prove.accounts(prove.load_settings(self.info["inventory"]))[SERVER]
 
 
-@pytest.fixture(scope="module")
-def solo():
+@pytest.fixture(scope="module", params=["bookworm", "trixie"])
+def solo(request):
+    """The solo host, once on Debian 12 and once on Debian 13: every test here runs on both."""
     lab = Lab(f"s{os.getpid() % 100000}", root=REPO_ROOT)
     try:
-        yield Solo(lab, lab.up(TOPOLOGY))
+        yield Solo(lab, lab.up(TOPOLOGY, release=request.param))
     finally:
         lab.down()
 

@@ -1,5 +1,6 @@
 """Issue 6: the caddy proxy and the nftables firewall on their own lab, observed from outside
-(hs1 with provided certificates, hs2 with caddy's own ACME client): federation works, only SSH
+(hs1 on Debian 12 with provided certificates, hs2 on Debian 13 with caddy's own ACME client, where
+the firewall and proxy switches run): federation works, only SSH
 and the web ports answer, re-runs change nothing, a deleted nftables rule is repaired, a firewall
 switch (nftables -> ufw -> nftables) keeps SSH and leaves no stale rules, and a proxy switch
 (caddy -> nginx -> caddy) hands the ports over. Cold and no-op deploy times are printed at the end."""
@@ -26,10 +27,12 @@ pytestmark = pytest.mark.lab
 
 VARIANT = {"proxy": "caddy", "firewall": "nftables"}
 TOPOLOGY = {"hosts": {
-    "hs1": {"homeservers": [{"server_name": "alpha.test", "public_host": "matrix.alpha.test",
+    "hs1": {"release": "bookworm",
+            "homeservers": [{"server_name": "alpha.test", "public_host": "matrix.alpha.test",
                              "users": [{"localpart": "alice", "admin": True}]}],
             "host_data": VARIANT},
-    "hs2": {"homeservers": [{"server_name": "beta.test", "users": [{"localpart": "bob"}]}],
+    "hs2": {"release": "trixie",
+            "homeservers": [{"server_name": "beta.test", "users": [{"localpart": "bob"}]}],
             "host_data": VARIANT},
 }}
 WEB_RULE = "tcp dport { 80, 443, 8448 } accept"

@@ -100,3 +100,26 @@ def test_federation_across_the_upgraded_host_still_works(deployed, upgraded):
     assert verified.returncode == 0, verified.stdout[-3000:]
     report = json.loads(verified.stdout)
     assert report["ok"] and len(report["results"]) == 3, verified.stdout[-3000:]
+
+
+def test_moving_the_cluster_to_postgresql_17_as_the_readme_says(deployed, upgraded):
+    """README's steps for the user's move from 15 to 17 (pg_upgradecluster), then the deploy:
+    it manages the 17 cluster now on port 5432, stops warning, and all data is still there."""
+    users, traces, hashes, _, _ = upgraded
+    deployed.ssh("hs1", "systemctl stop 'matrix-synapse@*' && "
+                        "if pg_lsclusters --no-header | grep -q '^17 *main'; then pg_dropcluster 17 main --stop; fi && "
+                        "pg_upgradecluster 15 main >/root/pg_upgradecluster.log 2>&1")
+    moved = run_deploy(deployed.inventory, "--json")
+    assert moved.returncode == 0, moved.stdout[-3000:] + moved.stderr[-3000:]
+    assert "stay in the PostgreSQL" not in moved.stderr
+    clusters = [line.split()[:4] for line in deployed.ssh("hs1", "pg_lsclusters --no-header").stdout.splitlines()]
+    assert ["17", "main", "5432", "online"] in clusters
+    ident = deployed.ssh("hs1", "cat /etc/postgresql/17/main/pg_ident.conf").stdout
+    assert "synapse_alpha_test" in ident and "synapse_internal_alpha_test" in ident
+    deployed.ssh("hs1", "pg_dropcluster 15 main --stop")
+    assert_converged(deployed.inventory)
+    info = deployed.info
+    for name in SERVERS:
+        bodies, media_sha256 = asyncio.run(find_traces(users[name], info["dns"], info["ca_file"], traces[name]))
+        assert "still here" in bodies and media_sha256 == traces[name]["sha256"], name
+    assert deployed.ssh("hs1", f"sha256sum {KEPT}").stdout == hashes
