@@ -1,8 +1,9 @@
 """Benchmark on a throwaway lab: lab up, cold deploy, no-op re-run, federation latency.
 
-    .venv/bin/python bench/lab_timings.py [--messages 20] [--variant default|caddy]
+    .venv/bin/python bench/lab_timings.py [--messages 20] [--variant default|caddy] [--release bookworm|trixie]
 
-`--variant caddy` deploys both hosts with caddy and nftables instead of nginx and ufw.
+`--variant caddy` deploys both hosts with caddy and nftables instead of nginx and ufw; `--release`
+picks the Debian release of both hosts (12, bookworm, by default; 13 is trixie).
 
 Prints figures; asserts nothing about speed. The lab is removed at the end, even on failure.
 """
@@ -44,13 +45,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=20, help="messages each way")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="default")
+    parser.add_argument("--release", choices=["bookworm", "trixie"], default="bookworm")
     args = parser.parse_args()
     topology = {"hosts": {name: {**spec, "host_data": VARIANTS[args.variant]}
                           for name, spec in TOPOLOGY["hosts"].items()}}
-    print(f"variant: {args.variant} {VARIANTS[args.variant] or '(nginx, ufw, postgres)'}")
+    print(f"variant: {args.variant} {VARIANTS[args.variant] or '(nginx, ufw, postgres)'}, release {args.release}")
     lab = Lab(f"bench{os.getpid() % 10000}", root=REPO_ROOT, log=lambda _: None)
     try:
-        info = timed("lab up (2 hosts)", lambda: lab.up(topology))
+        info = timed("lab up (2 hosts)", lambda: lab.up(topology, release=args.release))
         cold = timed("cold deploy", lambda: run_deploy(info["inventory"]))
         if cold.returncode != 0:
             print(cold.stdout[-3000:], cold.stderr[-2000:])

@@ -108,6 +108,8 @@ def schema_command(args) -> int:
 # --- federate lab / prove: only with the lab extra ---------------------------------------------
 
 def add_lab_parser(subparsers) -> None:
+    from federate.deploy.debian import RELEASES
+
     lab = subparsers.add_parser("lab", help="disposable Debian hosts (systemd-nspawn) to deploy to "
                                             "(needs federate[lab])")
     actions = lab.add_subparsers(dest="lab_action", required=True)
@@ -118,7 +120,7 @@ def add_lab_parser(subparsers) -> None:
         sub.add_argument("--name", default="demo", help="lab name (default: demo, state in .lab/)")
         if action == "up":
             sub.add_argument("--topology", type=Path, help="JSON file: hosts and their homeservers")
-            sub.add_argument("--release", choices=("bookworm", "trixie"),
+            sub.add_argument("--release", choices=[r.codename for r in RELEASES.values()],
                              help="Debian release of hosts whose topology names none (default: bookworm; "
                                   "the demo topology runs hs1 on bookworm and hs2 on trixie)")
         if action == "status":
@@ -170,7 +172,7 @@ def _print_status(report: dict) -> None:
     for host, data in report["hosts"].items():
         lock = data.get("deploy_lock")
         held = f", deploy lock held by {lock['holder']} until {lock['lease_ends']}" if lock else ""
-        _print(f"  host    {host:<10} {data['address']:<15} "
+        _print(f"  host    {host:<10} {data['address']:<15} {data.get('release') or '':<9} "
                f"{'running' if data['running'] else 'stopped'}, ssh {'answers' if data['ssh'] else 'closed'}{held}")
 
 

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyinfra import host
-from pyinfra.facts.server import LinuxDistribution
-
 
 @dataclass(frozen=True)
 class Release:
@@ -54,6 +51,9 @@ def unsupported_problem(host_name: str, distribution: dict) -> str | None:
 
 def host_release() -> Release:
     """The current host's release (the deploy refused any other host while planning)."""
+    from pyinfra import host  # here, so the table above imports without pyinfra (the CLI's --release)
+    from pyinfra.facts.server import LinuxDistribution
+
     release = release_of(host.get_fact(LinuxDistribution))
     assert release is not None, "unsupported hosts are refused before any deploy step"
     return release

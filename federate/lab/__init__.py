@@ -91,6 +91,7 @@ class Lab:
             proc = processes.get(f"host:{host}")
             report["hosts"][host] = {
                 "address": address,
+                "release": (state.get("topology") or {}).get("hosts", {}).get(host, {}).get("release"),
                 "running": bool(proc) and procs.is_ours(proc["pid"], proc["exe"]),
                 "ssh": hosts.port_open(address, 22),
             }

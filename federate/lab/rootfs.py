@@ -9,10 +9,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from federate.deploy import debian
+
 from .sources import AptSource, controller_apt_sources, controller_release, sources_for_release
 
-# The Debian releases lab hosts can run (the ones the deploy supports), oldest first.
-RELEASES = ("bookworm", "trixie")
+# The Debian releases lab hosts can run: the ones the deploy supports, oldest first.
+RELEASES = tuple(release.codename for release in debian.RELEASES.values())
 DEFAULT_RELEASE = "bookworm"
 CACHE_DIR = Path("/var/cache/federate")
 
