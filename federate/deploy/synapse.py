@@ -123,12 +123,16 @@ def install_synapse(settings: HostSettings):
                                requirement=requirement, owes=restarts)
     unit = config_file(name="Templated systemd unit", dest=paths.UNIT_TEMPLATE,
                        content=render("matrix-synapse@.service.j2", paths=paths), owes=[daemon_reload, *restarts])
-    file_attributes(name="Unit file owner and mode", path=paths.UNIT_TEMPLATE, user="root", group="root",
-                    mode="644")
-    systemd.daemon_reload(name="Reload systemd units", _if=changed_or_owed([unit], daemon_reload))
+    files.directory(name="Unit drop-in dir", path=paths.UNIT_DROPIN_DIR, user="root", group="root", mode="755")
+    sandbox = config_file(name="Sandbox of every homeserver (unit drop-in)", dest=paths.SANDBOX_DROPIN,
+                          content=render("federate-sandbox.conf.j2", paths=paths), owes=[daemon_reload, *restarts])
+    for path in host.loop([paths.UNIT_TEMPLATE, paths.SANDBOX_DROPIN]):
+        file_attributes(name=f"{path.rsplit('/', 1)[1]} owner and mode", path=path, user="root", group="root",
+                        mode="644")
+    systemd.daemon_reload(name="Reload systemd units", _if=changed_or_owed([unit, sandbox], daemon_reload))
     settled(name="Unit reload done", marker=daemon_reload)
     for hs in host.loop(settings.homeservers):
-        _homeserver(settings, hs, changed_before=[removed, venv, repaired, unit])
+        _homeserver(settings, hs, changed_before=[removed, venv, repaired, unit, sandbox])
 
 
 def _homeserver(settings: HostSettings, hs: Homeserver, changed_before: list):

@@ -60,6 +60,11 @@ TAMPERS = {
     "PostgreSQL auth files' modes and owners changed": (
         "chmod 644 /etc/postgresql/*/main/pg_hba.conf && chown root:root /etc/postgresql/*/main/pg_ident.conf",
         {"pg_hba.conf owner and mode", "pg_ident.conf owner and mode"}),
+    "sandbox drop-in loosened": ("sed -i 's/^ProtectSystem=strict/ProtectSystem=no/' "
+                                 "/etc/systemd/system/matrix-synapse@.service.d/federate-sandbox.conf && "
+                                 "systemctl daemon-reload && systemctl restart matrix-synapse@{name}",
+                                 {"Sandbox of every homeserver", "Reload systemd units", "Unit reload done",
+                                  "{name}: restart on change", "{name}: restart done"}),
     "package missing from the venv": ("/opt/matrix-synapse/venv/bin/python -m pip uninstall -q -y attrs",
                                       {"Reinstall packages missing", "{name}: restart on change",
                                        "{name}: restart done"}),

@@ -83,3 +83,17 @@ def test_unit_runs_both_config_files():
     assert "--config-path=/etc/matrix-synapse/%i/homeserver.yaml" in unit
     assert "--config-path=/etc/matrix-synapse/%i/secrets.yaml" in unit
     assert "User=matrix-synapse" in unit
+
+
+def test_every_homeserver_runs_in_a_sandbox_of_its_own_directories():
+    from federate.deploy import paths
+    sandbox = render("federate-sandbox.conf.j2", paths=paths)
+    lines = set(sandbox.splitlines())
+    assert {"ProtectSystem=strict", "CapabilityBoundingSet=", "NoNewPrivileges=yes", "PrivateDevices=yes",
+            "ProtectProc=invisible", "RestrictNamespaces=yes", "SystemCallFilter=@system-service",
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6"} <= lines
+    # only its own config (read-only) and data (writable) directories exist inside
+    assert "TemporaryFileSystem=/etc/matrix-synapse:ro /var/lib/matrix-synapse:ro" in lines
+    assert "BindReadOnlyPaths=/etc/matrix-synapse/%i" in lines and "BindPaths=/var/lib/matrix-synapse/%i" in lines
+    unit = render("matrix-synapse@.service.j2", paths=paths)
+    assert "After=network-online.target postgresql.service" in unit
