@@ -9,6 +9,7 @@ the inventory before any operation is planned, and every error names the host an
 from __future__ import annotations
 
 import datetime
+import hashlib
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,6 +33,7 @@ DEFAULTS: dict[str, Any] = defaults()
 RESERVED_PORTS = {22, 80, 443, 8448}
 FIRST_SYNAPSE_PORT = 8008
 POSTGRES_NAME_LIMIT = 63  # bytes in an identifier (NAMEDATALEN - 1)
+OS_USER_LIMIT = 32  # characters useradd accepts in a user name
 
 # Visibility settings an internal profile locks down; each can be overridden per homeserver.
 VISIBILITY_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -132,6 +134,15 @@ class Homeserver:
         Two names can map to one (a-b.test, a.b.test): validation refuses that on one host."""
         return "synapse_" + re.sub(r"[^a-z0-9]", "_", self.host_name)
 
+    @property
+    def os_user(self) -> str:
+        """The OS user its Synapse runs as, owning only its own files: the database name, or for a
+        name longer than useradd's 32 characters, its first 25 and 6 hex digits of a hash."""
+        name = self.database_name
+        if len(name) <= OS_USER_LIMIT:
+            return name
+        return f"{name[:OS_USER_LIMIT - 7]}_{hashlib.sha256(self.host_name.encode()).hexdigest()[:6]}"
+
 
 @dataclass(frozen=True)
 class Delegation:
@@ -219,6 +230,16 @@ def _homeserver(host: str, path: str, raw: HomeserverData, port: int) -> Homeser
         synapse_extra=dict(raw.synapse_extra),
         discovery=raw.discovery,
     )
+
+
+def _os_users(host: str, homeservers: list[Homeserver]):
+    """Each homeserver gets an OS user of its own, whatever the database."""
+    owner: dict[str, str] = {}
+    for i, hs in enumerate(homeservers):
+        if hs.os_user in owner:
+            _fail(host, f"homeservers[{i}].server_name", f"{hs.server_name!r} and {owner[hs.os_user]!r} would share "
+                  f"the OS user {hs.os_user!r} ('.' and '-' both become '_'): deploy them on different hosts")
+        owner[hs.os_user] = hs.server_name
 
 
 def _database_names(host: str, homeservers: list[Homeserver]):
@@ -365,6 +386,7 @@ def host_settings(host: str, data: Mapping[str, Any], base_dir: str | Path = "."
             _fail(host, f"homeservers[{i}].server_name", f"{hs.server_name!r} is listed twice")
     if raw.database == "postgres":
         _database_names(host, homeservers)
+    _os_users(host, homeservers)
     delegations = tuple(Delegation(d.server_name, d.public_host or "") for d in raw.delegations)
     return HostSettings(
         host=host,

@@ -2,8 +2,7 @@
 
 PostgreSQL gets one role and one database per homeserver (UTF8, C collation and ctype, from
 template0, as Synapse requires). Synapse connects over the Unix socket with peer
-authentication: a pg_ident map lets the `matrix-synapse` OS user log in as each homeserver's
-role, so there is no database password to generate, store or leak.
+authentication: a pg_ident map lets each homeserver's own OS user log in as its role and no other, so there is no database password to generate, store or leak.
 """
 
 from __future__ import annotations
@@ -134,9 +133,10 @@ def configure(settings: HostSettings):
     conf = f"/etc/postgresql/{version}/{cluster}"
     roles = [hs.database_name for hs in settings.homeservers]
     reload = pending_marker("reload-postgresql")
-    ident = config_file(name="pg_ident.conf: matrix-synapse may log in as each homeserver's role",
+    ident = config_file(name="pg_ident.conf: each homeserver's OS user may log in as its own role",
                         dest=f"{conf}/pg_ident.conf", user="postgres", group="postgres", mode="640", owes=reload,
-                        content=render("pg_ident.conf.j2", map=IDENT_MAP, os_user=paths.SYNAPSE_USER, roles=roles))
+                        content=render("pg_ident.conf.j2", map=IDENT_MAP,
+                                       pairs=[(hs.os_user, hs.database_name) for hs in settings.homeservers]))
     hba = config_file(name="pg_hba.conf: peer login through the map for Synapse's databases",
                       dest=f"{conf}/pg_hba.conf", user="postgres", group="postgres", mode="640", owes=reload,
                       content=render("pg_hba.conf.j2", map=IDENT_MAP, roles=roles))

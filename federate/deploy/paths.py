@@ -1,6 +1,6 @@
 """Where things live on a managed host (documented in README, 'On the host')."""
 
-SYNAPSE_USER = "matrix-synapse"
+LEGACY_USER = "matrix-synapse"  # the one user all homeservers shared before each got its own
 VENV = "/opt/matrix-synapse/venv"
 CONF_ROOT = "/etc/matrix-synapse"
 DATA_ROOT = "/var/lib/matrix-synapse"
@@ -34,3 +34,8 @@ def signing_key(server_name: str) -> str:
 
 def unit(server_name: str) -> str:
     return f"matrix-synapse@{server_name}.service"
+
+
+def identity_dropin(server_name: str) -> str:
+    """The unit drop-in naming the homeserver's own OS user."""
+    return f"/etc/systemd/system/{unit(server_name)}.d/federate-user.conf"

@@ -16,7 +16,7 @@ from federate.deploy.templating import render
 from federate.deploy.users import controller_password, matrix_user
 from federate.deploy.venv import (DowngradeVerdict, InstalledSynapse, is_downgrade, owed_before_install,
                                   venv_consistent, venv_usable)
-from federate.pyinfra_ext.files import config_file, file_attributes, generated_once
+from federate.pyinfra_ext.files import config_file, file_attributes, generated_once, tree_owned
 from federate.pyinfra_ext.owed import changed_or_owed, pending_marker, settled
 from federate.settings import Homeserver, HostSettings
 
@@ -105,8 +105,8 @@ def downgrade_problem(settings: HostSettings) -> str | None:
 
 @deploy("Synapse")
 def install_synapse(settings: HostSettings):
-    server.user(name="Service user", user=paths.SYNAPSE_USER, system=True,
-                home=paths.DATA_ROOT, shell="/usr/sbin/nologin")
+    for root in host.loop([paths.CONF_ROOT, paths.DATA_ROOT]):  # root's; each homeserver owns its own dir in it
+        files.directory(name=f"{root}: root's", path=root, user="root", group="root", mode="755")
     requirement = f"matrix-synapse=={settings.synapse_version}"
     restarts = [restart_marker(hs) for hs in settings.homeservers]
     daemon_reload = pending_marker("systemd-daemon-reload")
@@ -126,21 +126,41 @@ def install_synapse(settings: HostSettings):
     files.directory(name="Unit drop-in dir", path=paths.UNIT_DROPIN_DIR, user="root", group="root", mode="755")
     sandbox = config_file(name="Sandbox of every homeserver (unit drop-in)", dest=paths.SANDBOX_DROPIN,
                           content=render("federate-sandbox.conf.j2", paths=paths), owes=[daemon_reload, *restarts])
-    for path in host.loop([paths.UNIT_TEMPLATE, paths.SANDBOX_DROPIN]):
-        file_attributes(name=f"{path.rsplit('/', 1)[1]} owner and mode", path=path, user="root", group="root",
-                        mode="644")
-    systemd.daemon_reload(name="Reload systemd units", _if=changed_or_owed([unit, sandbox], daemon_reload))
+    identities = {hs.server_name: _own_user(hs, daemon_reload) for hs in host.loop(settings.homeservers)}
+    dropins = [paths.UNIT_TEMPLATE, paths.SANDBOX_DROPIN, *map(paths.identity_dropin, identities)]
+    for path in host.loop(dropins):
+        file_attributes(name=f"{path.removeprefix('/etc/systemd/system/')} owner and mode", path=path,
+                        user="root", group="root", mode="644")
+    systemd.daemon_reload(name="Reload systemd units",
+                          _if=changed_or_owed([unit, sandbox, *identities.values()], daemon_reload))
     settled(name="Unit reload done", marker=daemon_reload)
     for hs in host.loop(settings.homeservers):
-        _homeserver(settings, hs, changed_before=[removed, venv, repaired, unit, sandbox])
+        _homeserver(settings, hs, changed_before=[removed, venv, repaired, unit, sandbox, identities[hs.server_name]])
+    # Every homeserver has moved to its own user and restarted as it: the shared one goes.
+    server.user(name=f"The formerly shared user {paths.LEGACY_USER} removed", user=paths.LEGACY_USER, present=False)
+
+
+def _own_user(hs: Homeserver, daemon_reload: str):
+    """The homeserver's own OS user and the unit drop-in that runs it as that user."""
+    name, user = hs.server_name, hs.os_user
+    server.user(name=f"{name}: its own OS user {user}", user=user, system=True, home=paths.data_dir(name),
+                shell="/usr/sbin/nologin", ensure_home=False)
+    files.directory(name=f"{name}: unit drop-in dir", path=paths.identity_dropin(name).rsplit("/", 1)[0],
+                    user="root", group="root", mode="755")
+    return config_file(name=f"{name}: runs as {user} (unit drop-in)", dest=paths.identity_dropin(name),
+                       content=render("federate-user.conf.j2", server_name=name, user=user),
+                       owes=[daemon_reload, restart_marker(hs)])
 
 
 def _homeserver(settings: HostSettings, hs: Homeserver, changed_before: list):
-    name, user = hs.server_name, paths.SYNAPSE_USER
+    name, user = hs.server_name, hs.os_user
     files.directory(name=f"{name}: config dir", path=paths.conf_dir(name),
                     user=user, group=user, mode="700")
     files.directory(name=f"{name}: data dir", path=paths.data_dir(name),
                     user=user, group=user, mode="700")
+    # A homeserver moved from the shared user (or a file chowned away) gets its whole tree back.
+    for tree in host.loop([paths.conf_dir(name), paths.data_dir(name)]):
+        tree_owned(name=f"{name}: everything in {tree} owned by {user}", path=tree, user=user, group=user)
     files.directory(name=f"{name}: media store", path=f"{paths.data_dir(name)}/media_store",
                     user=user, group=user, mode="700")
     key = generated_once(name=f"{name}: signing key (made once, never replaced)",

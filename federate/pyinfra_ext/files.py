@@ -7,7 +7,7 @@ import shlex
 from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, StringCommand, operation
+from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
 from pyinfra.api.util import get_file_sha1
 from pyinfra.facts.files import File, Sha1File
 
@@ -100,3 +100,25 @@ def generated_once(path: str, command: str, user: str, mode: str = "600"):
         f" && chown {user}:{user} {tmp} && chmod {mode} {tmp}"
         f" && {{ ln {tmp} {shlex.quote(path)} 2>/dev/null || [ -e {shlex.quote(path)} ]; }}; status=$?; rm -f {tmp}; exit $status"
     )
+
+
+class ForeignOwned(FactBase):
+    """True when anything under `path` is not owned by user:group. A failing find (a user that
+    does not exist yet, while planning) also says True: the chown then runs once it exists."""
+
+    def command(self, path: str, user: str, group: str) -> str:
+        p, u, g = shlex.quote(path), shlex.quote(user), shlex.quote(group)
+        return (f"if [ ! -e {p} ]; then echo none; "
+                f"elif out=$(find {p} \\( ! -user {u} -o ! -group {g} \\) -print -quit 2>&1) && [ -z \"$out\" ]; "
+                f"then echo owned; else echo foreign; fi")
+
+    def process(self, output):
+        return "".join(output).strip() == "foreign"
+
+
+@operation()
+def tree_owned(path: str, user: str, group: str):
+    """Everything under `path` owned by user:group: one `chown -R` when anything is not (a tree
+    moved to another user, or drift inside it)."""
+    if host.get_fact(ForeignOwned, path=path, user=user, group=group):
+        yield StringCommand(f"chown -R {shlex.quote(user)}:{shlex.quote(group)} {shlex.quote(path)}")

@@ -57,6 +57,9 @@ TAMPERS = {
                                       "chown root /var/lib/matrix-synapse/{name}",
                                       {"{name}: owner and mode of secrets.yaml",
                                        "{name}: homeserver.yaml owner and mode", "{name}: data dir"}),
+    "a file deep in the data dir owned by root": (
+        "install -o root -g root -m 600 /dev/null /var/lib/matrix-synapse/{name}/media_store/federate-stray",
+        {"{name}: everything in /var/lib/matrix-synapse/{name} owned by"}),
     "PostgreSQL auth files' modes and owners changed": (
         "chmod 644 /etc/postgresql/*/main/pg_hba.conf && chown root:root /etc/postgresql/*/main/pg_ident.conf",
         {"pg_hba.conf owner and mode", "pg_ident.conf owner and mode"}),

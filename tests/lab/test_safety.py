@@ -126,6 +126,6 @@ def test_secrets_never_appear_in_output(deployed, tmp_path):
         assert not leaked, f"a secret value appeared in the {label} output"
     modes = deployed.ssh("hs2", "stat -c '%a %U' /etc/matrix-synapse/beta.test/secrets.yaml "
                                 "/etc/matrix-synapse/beta.test/signing.key").stdout.split("\n")
-    assert all(re.fullmatch(r"600 matrix-synapse", line) for line in modes if line), modes
+    assert all(re.fullmatch(r"600 synapse_beta_test", line) for line in modes if line), modes
     for path in Path(secret_dir).rglob("*.password"):
         assert path.stat().st_mode & 0o777 == 0o600

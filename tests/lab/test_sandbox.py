@@ -1,8 +1,9 @@
-"""Issue (security domains), the sandbox part: every homeserver's unit rates at most 2.5 in
+"""Issue (security domains), the sandbox and own-user parts: every homeserver's unit rates at most 2.5 in
 `systemd-analyze security` on Debian 12 and 13, and its process sees only its own directories:
 the other homeserver's config (signing key, secrets) and data are not there at all, and nothing
 but its own data directory is writable. Federation, media and user creation under this sandbox
 are proven by the other suites of the shared lab (its units are sandboxed from the first deploy).
+Each homeserver runs as its own OS user, which can reach neither the other's files nor its database.
 """
 
 from __future__ import annotations
@@ -63,3 +64,31 @@ def test_the_process_has_no_capabilities_and_no_new_privileges(deployed):
     assert fields["CapEff"].strip() == fields["CapBnd"].strip() == "0000000000000000"
     assert fields["NoNewPrivs"].strip() == "1"
     assert fields["Seccomp"].strip() == "2"  # a system call filter is active
+
+
+PAIR = {"alpha.test": ("synapse_alpha_test", "synapse_alpha_test"),
+        "internal.alpha.test": ("synapse_internal_alpha_test", "synapse_internal_alpha_test")}
+
+
+@pytest.mark.parametrize("own,other", [("alpha.test", "internal.alpha.test"), ("internal.alpha.test", "alpha.test")])
+def test_a_homeservers_user_cannot_reach_the_others_files_or_database(deployed, own, other):
+    """As the OS user of one homeserver (what a break-in gets): the other's key, secrets, config,
+    media and database are out of reach; its own still work."""
+    user, _ = PAIR[own]
+    _, other_role = PAIR[other]
+    as_user = f"runuser -u {user} --"
+    for path in (f"/etc/matrix-synapse/{other}/signing.key", f"/etc/matrix-synapse/{other}/secrets.yaml",
+                 f"/etc/matrix-synapse/{other}/homeserver.yaml"):
+        read = deployed.ssh("hs1", f"cd / && {as_user} cat {path}", check=False)
+        assert read.returncode != 0 and "Permission denied" in read.stderr, (path, read.stderr)
+    listing = deployed.ssh("hs1", f"cd / && {as_user} ls /var/lib/matrix-synapse/{other}", check=False)
+    assert listing.returncode != 0 and "Permission denied" in listing.stderr
+    psql = f"cd / && {as_user} psql -h /var/run/postgresql -Atc 'SELECT 1'"
+    refused = deployed.ssh("hs1", f"{psql} -U {other_role} -d {other_role}", check=False)
+    assert refused.returncode != 0 and "Peer authentication failed" in refused.stderr, refused.stderr
+    own_role = PAIR[own][1]
+    assert deployed.ssh("hs1", f"{psql} -U {own_role} -d {own_role}").stdout.strip() == "1"
+    assert deployed.ssh("hs1", f"cd / && {as_user} test -r /etc/matrix-synapse/{own}/signing.key").returncode == 0
+    running_as = deployed.ssh("hs1", f"ps -o user= -p {main_pid(deployed, 'hs1', own)}").stdout.strip()
+    assert running_as == user
+    assert deployed.ssh("hs1", "id matrix-synapse", check=False).returncode != 0  # no shared user is left

@@ -52,7 +52,7 @@ def test_services_and_file_modes(deployed):
                                        f"/etc/matrix-synapse/{name} /var/lib/matrix-synapse/{name}").stdout
             for line in modes.splitlines():
                 path, mode, owner = line.split()
-                assert owner == "matrix-synapse", line
+                assert owner == "synapse_" + name.replace(".", "_"), line  # its own user
                 assert mode in ("600", "700"), line
             config = yaml.safe_load(deployed.ssh(host, f"cat /etc/matrix-synapse/{name}/homeserver.yaml").stdout)
             assert "macaroon_secret_key" not in config and "registration_shared_secret" not in config

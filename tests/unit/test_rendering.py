@@ -82,7 +82,7 @@ def test_unit_runs_both_config_files():
     unit = render("matrix-synapse@.service.j2", paths=paths)
     assert "--config-path=/etc/matrix-synapse/%i/homeserver.yaml" in unit
     assert "--config-path=/etc/matrix-synapse/%i/secrets.yaml" in unit
-    assert "User=matrix-synapse" in unit
+    assert "User=nobody" in unit  # each homeserver's own user comes from its drop-in, never root
 
 
 def test_every_homeserver_runs_in_a_sandbox_of_its_own_directories():

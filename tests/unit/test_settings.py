@@ -1,5 +1,6 @@
 """The settings model: defaults, derived values, and bad input refused with host + field named."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -249,3 +250,21 @@ def test_postgres_names_that_collide_or_are_too_long_are_refused():
 def test_secrets_dir_is_absolute_under_the_inventory_folder(tmp_path):
     assert host_settings("h1", data(), base_dir=tmp_path).secrets_dir == str(tmp_path / ".secrets")
     assert host_settings("h1", data(secrets_dir="/srv/s")).secrets_dir == "/srv/s"
+
+
+def test_each_homeserver_gets_its_own_os_user_that_useradd_accepts():
+    from federate.settings import host_settings
+    s = host_settings("h", {"database": "sqlite", "homeservers": [
+        {"server_name": "internal.alpha.test"}, {"server_name": "a-very-long-server-name.example.org"}]})
+    short, long = s.homeservers
+    assert short.os_user == short.database_name == "synapse_internal_alpha_test"
+    assert len(long.os_user) == 32 and long.os_user.startswith("synapse_a_very_long_serve_")
+    assert re.fullmatch(r"[a-z_][a-z0-9_]*", long.os_user)
+
+
+def test_two_names_sharing_an_os_user_are_refused_on_any_database():
+    from federate.settings import SettingsError, host_settings
+    with pytest.raises(SettingsError, match=r"homeservers\[1\]\.server_name: 'a\.b\.test' and 'a-b\.test' "
+                                            r"would share the OS user 'synapse_a_b_test'"):
+        host_settings("h", {"database": "sqlite", "homeservers": [{"server_name": "a-b.test"},
+                                                                 {"server_name": "a.b.test"}]})
