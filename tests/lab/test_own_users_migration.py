@@ -55,6 +55,9 @@ def ssh(info: dict, command: str, check: bool = True) -> subprocess.CompletedPro
 
 def deploy_the_code_of_before(info: dict, checkout) -> subprocess.CompletedProcess:
     """The playbook and library of BEFORE, from git history, run from their own folder."""
+    if subprocess.run(["git", "cat-file", "-e", f"{BEFORE}^{{commit}}"], cwd=REPO_ROOT).returncode != 0:
+        # a shallow clone: ask the repository it was cloned from for that one commit
+        subprocess.run(["git", "fetch", "-q", "--depth=1", "origin", BEFORE], cwd=REPO_ROOT, timeout=300)
     archive = subprocess.run(["git", "archive", BEFORE], cwd=REPO_ROOT, capture_output=True)
     assert archive.returncode == 0, f"commit {BEFORE} is not in this clone's history: {archive.stderr!r}"
     tarfile.open(fileobj=io.BytesIO(archive.stdout)).extractall(checkout, filter="data")
