@@ -18,7 +18,7 @@ import time
 
 from federate.lab import prove
 from federate.lab.clients import room_across_servers
-from federate.lab import Lab
+from federate.lab import Lab, rootfs
 from federate.lab.runner import REPO_ROOT, json_totals, run_deploy
 
 VARIANTS = {"default": {}, "caddy": {"proxy": "caddy", "firewall": "nftables"}}
@@ -45,7 +45,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=20, help="messages each way")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="default")
-    parser.add_argument("--release", choices=["bookworm", "trixie"], default="bookworm")
+    parser.add_argument("--release", choices=rootfs.RELEASES, default=rootfs.DEFAULT_RELEASE)
     args = parser.parse_args()
     topology = {"hosts": {name: {**spec, "host_data": VARIANTS[args.variant]}
                           for name, spec in TOPOLOGY["hosts"].items()}}

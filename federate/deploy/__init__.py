@@ -18,8 +18,10 @@ def deploy_homeservers() -> None:
     from federate.pyinfra_ext.lease import lock_acquired, lock_released, lock_renewed
 
     settings = settings_for(inventory, host)
-    if problem := debian.unsupported_problem(host.name, host.get_fact(LinuxDistribution)):
+    distribution = host.get_fact(LinuxDistribution)
+    if problem := debian.unsupported_problem(host.name, distribution):
         refuse(problem)  # before any other fact: those assume a Debian host
+    release = debian.release_of(distribution)
     if problem := database.backend_switch_problem(settings) or synapse.downgrade_problem(settings):
         refuse(problem)
     dns_records.announce(settings)
@@ -29,7 +31,7 @@ def deploy_homeservers() -> None:
         lock_renewed(name=f"Deploy lock renewed before {before}", lease=lease)
 
     lock_acquired(name="Deploy lock: one run at a time on this host", lease=lease, wait=settings.lock.wait)
-    chosen_proxy = proxy.proxy_for(settings, debian.host_release())
+    chosen_proxy = proxy.proxy_for(settings, release)
     proxy.retire_other(settings)  # frees 80, 443 and 8448 for the chosen proxy before its package starts it
     system.packages(settings, chosen_proxy)
     renewed("the firewall")  # the slow steps (packages, the venv, certificates) each get a fresh lease
@@ -38,7 +40,7 @@ def deploy_homeservers() -> None:
     certificate_ops = tls.certificates(settings, chosen_proxy.certificates, reload_marker=chosen_proxy.reload_marker)
     if settings.homeservers:  # a delegation host only publishes well-known files
         renewed("Synapse")
-        database.configure(settings)
+        database.configure(settings, release)
         synapse.install_synapse(settings)
     renewed("the sites")
     proxy.homeserver_sites(chosen_proxy, certificate_ops)

@@ -2,7 +2,8 @@
 
 PostgreSQL gets one role and one database per homeserver (UTF8, C collation and ctype, from
 template0, as Synapse requires). Synapse connects over the Unix socket with peer
-authentication: a pg_ident map lets each homeserver's own OS user log in as its role and no other, so there is no database password to generate, store or leak.
+authentication: a pg_ident map lets each homeserver's own OS user log in as its role and no
+other, so there is no database password to generate, store or leak.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pyinfra.facts.files import File
 from pyinfra.operations import postgres, systemd
 
 from federate.deploy import paths
-from federate.deploy.debian import host_release
+from federate.deploy.debian import Release
 from federate.pyinfra_ext.files import config_file, file_attributes
 from federate.pyinfra_ext.owed import changed_or_owed, pending_marker, settled
 from federate.settings import Homeserver, HostSettings
@@ -29,7 +30,7 @@ PSQL_AS_POSTGRES = {"_su_user": "postgres"}  # su exists on every Debian host; s
 
 class PostgresClusters(FactBase):
     """The clusters of Debian's postgresql-common (`pg_lsclusters`): a list of
-    {version, name, port, status}; empty before PostgreSQL is installed."""
+    {version, name, port}; empty before PostgreSQL is installed."""
 
     def command(self) -> str:
         return "pg_lsclusters --no-header 2>/dev/null || true"
@@ -42,9 +43,8 @@ class PostgresClusters(FactBase):
         clusters = []
         for line in output:
             words = line.split()
-            if len(words) >= 4 and words[2].isdigit():
-                clusters.append({"version": words[0], "name": words[1], "port": int(words[2]),
-                                 "status": words[3]})
+            if len(words) >= 3 and words[2].isdigit():
+                clusters.append({"version": words[0], "name": words[1], "port": int(words[2])})
         return clusters
 
 
@@ -58,7 +58,7 @@ def cluster_in_use(clusters: list[dict], fresh_version: str) -> tuple[str, str]:
     return fresh_version, "main"
 
 
-def _note_older_cluster(version: str, release) -> None:
+def _note_older_cluster(version: str, release: Release) -> None:
     """Said on every run until the user moves the cluster: Debian's security support for the
     older PostgreSQL ends with the older release."""
     if version != release.postgresql:
@@ -124,10 +124,9 @@ def driver_requirements(settings: HostSettings) -> list[str]:
 
 
 @deploy("Database")
-def configure(settings: HostSettings):
+def configure(settings: HostSettings, release: Release):
     if settings.database != "postgres":
         return
-    release = host_release()
     version, cluster = cluster_in_use(host.get_fact(PostgresClusters), release.postgresql)
     _note_older_cluster(version, release)
     conf = f"/etc/postgresql/{version}/{cluster}"

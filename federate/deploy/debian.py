@@ -47,13 +47,3 @@ def unsupported_problem(host_name: str, distribution: dict) -> str | None:
     supported = " and ".join(f"Debian {r.major} ({r.codename})" for r in RELEASES.values())
     return (f"host {host_name}: /etc/os-release says {described(distribution)}; "
             f"federate deploys to {supported} only")
-
-
-def host_release() -> Release:
-    """The current host's release (the deploy refused any other host while planning)."""
-    from pyinfra import host  # here, so the table above imports without pyinfra (the CLI's --release)
-    from pyinfra.facts.server import LinuxDistribution
-
-    release = release_of(host.get_fact(LinuxDistribution))
-    assert release is not None, "unsupported hosts are refused before any deploy step"
-    return release

@@ -158,9 +158,10 @@ def _homeserver(settings: HostSettings, hs: Homeserver, changed_before: list):
                     user=user, group=user, mode="700")
     files.directory(name=f"{name}: data dir", path=paths.data_dir(name),
                     user=user, group=user, mode="700")
-    # A homeserver moved from the shared user (or a file chowned away) gets its whole tree back.
-    for tree in host.loop([paths.conf_dir(name), paths.data_dir(name)]):
-        tree_owned(name=f"{name}: everything in {tree} owned by {user}", path=tree, user=user, group=user)
+    # A homeserver moved from the shared user (or a file chowned away) gets its data back; the
+    # config dir holds only the three files whose owner and mode are repaired one by one below.
+    tree_owned(name=f"{name}: everything in {paths.data_dir(name)} owned by {user}", path=paths.data_dir(name),
+               user=user, group=user)
     files.directory(name=f"{name}: media store", path=f"{paths.data_dir(name)}/media_store",
                     user=user, group=user, mode="700")
     key = generated_once(name=f"{name}: signing key (made once, never replaced)",

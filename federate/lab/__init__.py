@@ -1,5 +1,6 @@
-"""The lab: disposable Debian hosts (bookworm or trixie, per host) (systemd-nspawn on a bridge) with a lab DNS, a lab
-ACME server and a forward proxy that reaches only the package registries the controller uses.
+"""The lab: disposable Debian hosts (bookworm or trixie, per host; systemd-nspawn on a bridge)
+with a lab DNS, a lab ACME server and a forward proxy that reaches only the package registries the
+controller uses.
 
     lab = Lab("dev", root=Path("."))
     info = lab.up(topology)      # the content of lab.json

@@ -15,7 +15,7 @@ from .sources import AptSource, controller_apt_sources, controller_release, sour
 
 # The Debian releases lab hosts can run: the ones the deploy supports, oldest first.
 RELEASES = tuple(release.codename for release in debian.RELEASES.values())
-DEFAULT_RELEASE = "bookworm"
+DEFAULT_RELEASE = debian.BOOKWORM.codename
 CACHE_DIR = Path("/var/cache/federate")
 
 

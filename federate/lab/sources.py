@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import platform
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -123,19 +124,10 @@ def sources_for_release(sources: list[AptSource], release: str, controller_relea
     return derived
 
 
-def os_release_codename(text: str) -> str | None:
-    """VERSION_CODENAME from the text of /etc/os-release (None if absent)."""
-    for line in text.splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "VERSION_CODENAME":
-            return value.strip().strip('"') or None
-    return None
-
-
 def controller_release() -> str | None:
-    """The controller's Debian codename, from /etc/os-release."""
+    """The controller's Debian codename (VERSION_CODENAME of /etc/os-release)."""
     try:
-        return os_release_codename(Path("/etc/os-release").read_text())
+        return platform.freedesktop_os_release().get("VERSION_CODENAME")
     except OSError:
         return None
 

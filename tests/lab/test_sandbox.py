@@ -66,16 +66,15 @@ def test_the_process_has_no_capabilities_and_no_new_privileges(deployed):
     assert fields["Seccomp"].strip() == "2"  # a system call filter is active
 
 
-PAIR = {"alpha.test": ("synapse_alpha_test", "synapse_alpha_test"),
-        "internal.alpha.test": ("synapse_internal_alpha_test", "synapse_internal_alpha_test")}
+# each homeserver's OS user, which is also the name of its PostgreSQL role and database
+USER = {"alpha.test": "synapse_alpha_test", "internal.alpha.test": "synapse_internal_alpha_test"}
 
 
 @pytest.mark.parametrize("own,other", [("alpha.test", "internal.alpha.test"), ("internal.alpha.test", "alpha.test")])
 def test_a_homeservers_user_cannot_reach_the_others_files_or_database(deployed, own, other):
     """As the OS user of one homeserver (what a break-in gets): the other's key, secrets, config,
     media and database are out of reach; its own still work."""
-    user, _ = PAIR[own]
-    _, other_role = PAIR[other]
+    user, other_role = USER[own], USER[other]
     as_user = f"runuser -u {user} --"
     for path in (f"/etc/matrix-synapse/{other}/signing.key", f"/etc/matrix-synapse/{other}/secrets.yaml",
                  f"/etc/matrix-synapse/{other}/homeserver.yaml"):
@@ -86,8 +85,7 @@ def test_a_homeservers_user_cannot_reach_the_others_files_or_database(deployed, 
     psql = f"cd / && {as_user} psql -h /var/run/postgresql -Atc 'SELECT 1'"
     refused = deployed.ssh("hs1", f"{psql} -U {other_role} -d {other_role}", check=False)
     assert refused.returncode != 0 and "Peer authentication failed" in refused.stderr, refused.stderr
-    own_role = PAIR[own][1]
-    assert deployed.ssh("hs1", f"{psql} -U {own_role} -d {own_role}").stdout.strip() == "1"
+    assert deployed.ssh("hs1", f"{psql} -U {user} -d {user}").stdout.strip() == "1"
     assert deployed.ssh("hs1", f"cd / && {as_user} test -r /etc/matrix-synapse/{own}/signing.key").returncode == 0
     running_as = deployed.ssh("hs1", f"ps -o user= -p {main_pid(deployed, 'hs1', own)}").stdout.strip()
     assert running_as == user

@@ -57,6 +57,8 @@ def test_services_and_file_modes(deployed):
             config = yaml.safe_load(deployed.ssh(host, f"cat /etc/matrix-synapse/{name}/homeserver.yaml").stdout)
             assert "macaroon_secret_key" not in config and "registration_shared_secret" not in config
         assert deployed.ssh(host, "systemctl is-active nginx").stdout.strip() == "active"
+        # the sites suit each release's nginx (1.22 on hs1, 1.26 on hs2): no deprecation warning
+        assert "[warn]" not in deployed.ssh(host, "nginx -t 2>&1").stdout
         assert "Status: active" in deployed.ssh(host, "ufw status").stdout
 
 

@@ -159,10 +159,10 @@ def test_no_debian_suite_derives_nothing():
     assert sources.sources_for_release(third_party, "trixie", "bookworm") == []
 
 
-def test_os_release_codename():
-    text = 'PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nVERSION_ID="13"\nVERSION_CODENAME=trixie\nID=debian\n'
-    assert sources.os_release_codename(text) == "trixie"
-    assert sources.os_release_codename("ID=debian\n") is None
+def test_controller_release_is_this_machines_codename():
+    from federate.deploy.debian import RELEASES
+    major = int(Path("/etc/debian_version").read_text().split(".")[0])
+    assert sources.controller_release() == RELEASES[major].codename
 
 
 def test_rootfs_recipe_and_cache_are_per_release():

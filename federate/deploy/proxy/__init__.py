@@ -58,7 +58,7 @@ def proxies() -> dict[str, type[Proxy]]:
 
 
 def proxy_for(settings: HostSettings, release: Release) -> Proxy:
-    """The host's proxy strategy; `release` is the host's Debian release (debian.host_release())."""
+    """The host's proxy strategy; `release` is the host's Debian release."""
     return proxies()[settings.proxy](settings, release)
 
 
