@@ -73,6 +73,9 @@ def _cidr(value: str) -> str:
     return value
 
 
+Cidr = Annotated[str, AfterValidator(_cidr), Field(description="an address or CIDR range such as '10.0.0.0/24'")]
+
+
 def _ip_and_port(value: str) -> str:
     address = value.rsplit(":", 1)[0] if value.count(":") == 1 else value
     try:
@@ -122,6 +125,16 @@ class HomeserverData(_Section):
     allow_device_name_lookup_over_federation: Optional[bool] = Field(None, description="default by profile")
     enable_room_list_search: Optional[bool] = Field(None, description="default by profile")
     user_directory: Optional[dict[str, Any]] = Field(None, description="default by profile")
+    require_auth_for_profile_requests: Optional[bool] = Field(None, description="default by profile")
+    limit_profile_requests_to_users_who_share_rooms: Optional[bool] = Field(None, description="default by profile")
+    ip_range_whitelist: list[Cidr] = Field(
+        [], description="private ranges this homeserver's Synapse may contact (it blocks them by default)")
+    federation_allow_addresses: list[Cidr] = Field(
+        [], description="internal profile: addresses (IP or CIDR) of whitelisted partners outside the inventory; "
+                        "the proxy answers federation only to these and to the inventory hosts of its partners")
+    client_allow_ranges: Optional[list[Cidr]] = Field(
+        None, description="CIDR ranges allowed to reach the client API, e.g. an office network or VPN "
+                          "(default: everyone)")
 
 
 class DelegationData(_Section):
@@ -181,8 +194,6 @@ class HostData(_Section):
     tls: TlsData = Field(TlsData(), description="where certificates come from")
     max_upload_size: Annotated[str, AfterValidator(_matching(_SIZE, "a size such as '50M'"))] = Field(
         "50M", description="Synapse's upload limit; the proxy accepts bodies of the same size")
-    ip_range_whitelist: list[Annotated[str, AfterValidator(_cidr)]] = Field(
-        [], description="private ranges Synapse may contact")
     trusted_key_servers: Optional[list[KeyServerData]] = Field(
         None, description="notary servers (default: Synapse's, matrix.org); [] fetches keys from origins")
     secrets_dir: str = Field(".secrets", description="controller folder for generated user passwords, "
@@ -220,7 +231,8 @@ TYPE_WORDS = {"greater_than_equal": "at least {ge}", "int_type": "a whole number
 # What a field holds, for messages about a value of the wrong type.
 EXPECTED = {"homeservers": "a list of homeserver mappings", "delegations": "a list of {server_name, public_host} "
             "entries", "users": "a list of {localpart, admin} entries", "federation_whitelist": "a list of server "
-            "names", "ip_range_whitelist": "a list of CIDR ranges", "trusted_key_servers": "a list of "
+            "names", "ip_range_whitelist": "a list of CIDR ranges", "federation_allow_addresses": "a list of addresses or CIDR "
+            "ranges", "client_allow_ranges": "a list of CIDR ranges", "trusted_key_servers": "a list of "
             "{server_name, verify_keys} entries", "synapse_extra": "a mapping of extra homeserver.yaml keys",
             "tls": "a mapping with 'mode'", "verify": "a mapping such as {'after_deploy': true}",
             "certificates": "a mapping of certificate name -> {cert, key}", "port": "a port number"}

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import ipaddress
 import re
+import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -43,6 +45,8 @@ VISIBILITY_DEFAULTS: dict[str, dict[str, Any]] = {
         "allow_device_name_lookup_over_federation": False,
         "enable_room_list_search": True,
         "user_directory": {"enabled": True, "search_all_users": False},
+        "require_auth_for_profile_requests": False,
+        "limit_profile_requests_to_users_who_share_rooms": False,
     },
     "internal": {
         "allow_public_rooms_over_federation": False,
@@ -54,6 +58,8 @@ VISIBILITY_DEFAULTS: dict[str, dict[str, Any]] = {
             "search_all_users": False,
             "exclude_remote_users": True,
         },
+        "require_auth_for_profile_requests": True,
+        "limit_profile_requests_to_users_who_share_rooms": True,
     },
 }
 
@@ -94,6 +100,12 @@ class Homeserver:
     users: tuple[User, ...] = ()
     synapse_extra: Mapping[str, Any] = field(default_factory=dict)
     discovery: str = "well-known"
+    ip_range_whitelist: tuple[str, ...] = ()  # private ranges its Synapse may contact
+    client_allow_ranges: tuple[str, ...] | None = None  # None: the client API answers everyone
+    federation_allow_addresses: tuple[str, ...] = ()  # as given: partners outside the inventory
+    # Who the proxy lets reach /_matrix/federation and /_matrix/key: None for everyone (external),
+    # else the given addresses plus the inventory hosts of its whitelisted partners (internal).
+    federation_sources: tuple[str, ...] | None = None
 
     @property
     def host_name(self) -> str:
@@ -185,7 +197,6 @@ class HostSettings:
     firewall: str
     database: str
     tls: Tls
-    ip_range_whitelist: tuple[str, ...]
     trusted_key_servers: tuple[Mapping[str, Any], ...] | None  # None: Synapse's default
     max_upload_size: str
     ssh_port: int
@@ -214,6 +225,12 @@ def _homeserver(host: str, path: str, raw: HomeserverData, port: int) -> Homeser
         if key in MANAGED_SYNAPSE_KEYS:
             _fail(host, f"{path}.synapse_extra.{key}", "is managed by federate; use the homeserver setting "
                   "of that name instead (see README, 'Settings')")
+    if raw.federation_allow_addresses and raw.profile != "internal":
+        _fail(host, f"{path}.federation_allow_addresses", "applies to internal homeservers only (an external one "
+              "answers federation from everywhere)")
+    if raw.client_allow_ranges == []:
+        _fail(host, f"{path}.client_allow_ranges", "an empty list would lock every client out: leave it out "
+              "(everyone) or list the ranges your users connect from")
     seen = set()
     for i, user in enumerate(raw.users):
         if user.localpart in seen:
@@ -229,6 +246,10 @@ def _homeserver(host: str, path: str, raw: HomeserverData, port: int) -> Homeser
         users=tuple(User(u.localpart, u.admin) for u in raw.users),
         synapse_extra=dict(raw.synapse_extra),
         discovery=raw.discovery,
+        ip_range_whitelist=tuple(raw.ip_range_whitelist),
+        client_allow_ranges=None if raw.client_allow_ranges is None else tuple(raw.client_allow_ranges),
+        federation_allow_addresses=tuple(raw.federation_allow_addresses),
+        federation_sources=tuple(raw.federation_allow_addresses) if raw.profile == "internal" else None,
     )
 
 
@@ -372,6 +393,10 @@ def host_settings(host: str, data: Mapping[str, Any], base_dir: str | Path = "."
     certificates) are relative to `base_dir`, the inventory file's folder."""
     base_dir = Path(base_dir)
     ssh_port = _ssh_port(host, data)
+    if "ip_range_whitelist" in data:
+        _fail(host, "ip_range_whitelist", "is set per homeserver now (homeservers[N].ip_range_whitelist), so an "
+              "openly federating homeserver is not let into the private ranges its internal neighbour needs: "
+              "move it to the homeservers that need it")
     try:
         raw = HostData.model_validate(ours(data))
     except ValidationError as error:
@@ -397,7 +422,6 @@ def host_settings(host: str, data: Mapping[str, Any], base_dir: str | Path = "."
         firewall=raw.firewall,
         database=raw.database,
         tls=_tls(host, raw.tls, certificate_names(homeservers, delegations), base_dir),
-        ip_range_whitelist=tuple(raw.ip_range_whitelist),
         trusted_key_servers=(None if raw.trusted_key_servers is None
                              else tuple(k.model_dump() for k in raw.trusted_key_servers)),
         max_upload_size=raw.max_upload_size,
@@ -408,10 +432,13 @@ def host_settings(host: str, data: Mapping[str, Any], base_dir: str | Path = "."
     )
 
 
-def inventory_settings(hosts: Iterable[tuple[str, Mapping[str, Any]]], base_dir: str | Path = "."
-                       ) -> dict[str, HostSettings]:
-    """Validate every host, then what spans hosts (a server name lives on one host only, and a
-    delegation points at the API host of the inventory's homeserver of that name)."""
+def inventory_settings(hosts: Iterable[tuple[str, Mapping[str, Any]]], base_dir: str | Path = ".",
+                       resolve=None) -> dict[str, HostSettings]:
+    """Validate every host, then what spans hosts (a server name lives on one host only, a
+    delegation points at the API host of the inventory's homeserver of that name, an internal
+    homeserver's proxy admits the hosts of its partners). `resolve(name)` gives a host's addresses
+    (default: the controller's resolver)."""
+    hosts = list(hosts)
     settings = {name: host_settings(name, data, base_dir) for name, data in hosts}
     owner: dict[str, str] = {}
     by_name: dict[str, Homeserver] = {}
@@ -424,7 +451,51 @@ def inventory_settings(hosts: Iterable[tuple[str, Mapping[str, Any]]], base_dir:
     for name, hs_settings in settings.items():
         resolved = tuple(_resolve_delegation(name, i, d, by_name) for i, d in enumerate(hs_settings.delegations))
         settings[name] = replace(hs_settings, delegations=resolved)
+    addresses = _host_addresses(dict(hosts), resolve or _resolve)
+    for name, hs_settings in settings.items():
+        homeservers = tuple(_with_partner_addresses(name, i, hs, owner, addresses)
+                            for i, hs in enumerate(hs_settings.homeservers))
+        settings[name] = replace(settings[name], homeservers=homeservers)
     return settings
+
+
+def _resolve(name: str) -> list[str]:
+    return sorted({info[4][0] for info in socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)})
+
+
+def _host_addresses(data: Mapping[str, Mapping[str, Any]], resolve):
+    """host -> a function giving the addresses the inventory reaches it at (its ssh_hostname or its
+    name; an IP address as it is, a name through `resolve`), or raising OSError."""
+    def addresses(host: str) -> list[str]:
+        target = str(data[host].get("ssh_hostname") or host)
+        try:
+            return [str(ipaddress.ip_address(target))]
+        except ValueError:
+            return resolve(target)
+    return addresses
+
+
+def _with_partner_addresses(host: str, i: int, hs: Homeserver, owner: Mapping[str, str], addresses) -> Homeserver:
+    """An internal homeserver admits federation from its given addresses and from the hosts of its
+    whitelisted partners in the inventory; a partner outside it needs federation_allow_addresses."""
+    if hs.federation_sources is None:
+        return hs
+    sources = list(hs.federation_allow_addresses)
+    for partner in hs.federation_whitelist or ():
+        partner_host = owner.get(partner.split(":")[0])
+        if partner_host is None:
+            if not hs.federation_allow_addresses:
+                _fail(host, f"homeservers[{i}].federation_allow_addresses", f"is required: the whitelisted "
+                      f"{partner!r} is not in this inventory, and the proxy of an internal homeserver answers "
+                      "federation only from known addresses (list the partner's outgoing addresses)")
+            continue
+        try:
+            sources += addresses(partner_host)
+        except OSError as error:
+            _fail(host, f"homeservers[{i}].federation_whitelist", f"the address of host {partner_host} (serving "
+                  f"the whitelisted {partner!r}) cannot be resolved ({error}): give the host an ssh_hostname, or "
+                  f"list its address in federation_allow_addresses")
+    return replace(hs, federation_sources=tuple(dict.fromkeys(sources)))
 
 
 def _resolve_delegation(host: str, i: int, delegation: Delegation, by_name: dict) -> Delegation:

@@ -73,6 +73,14 @@ HINTS = {
                "http://127.0.0.1:8008;` with no path after the port, no rewrite) and keep the Host "
                "header; a proxy that rewrites paths, bodies or drops headers breaks the signed answers.",
     },
+    "forbidden": {
+        "check": "keys",
+        "problem": "{addr}: GET /_matrix/key/v2/server answered 403: this server admits federation only from "
+                   "the addresses of its partners, and this one is not among them.",
+        "fix": "If your server should federate with it, its admin must admit your server's outgoing address "
+               "(with federate: the internal homeserver's federation_allow_addresses) and whitelist your "
+               "server name.",
+    },
     "keys-expired": {
         "check": "keys",
         "problem": "{addr}: the key document's valid_until_ts is in the past.",
@@ -130,7 +138,7 @@ def hint(key: str, level: str, **fields) -> dict:
 def hints_for(report: dict) -> list[dict]:
     # The most telling first: checking the API host explains a wrong certificate and signatures too.
     detectors = (_api_host, _dns, _port_closed, _tls_handshake, _no_delegation, _well_known_invalid, _well_known_308,
-                 _srv_cname, _certificates, _reverse_proxy, _keys_expired, _private_addresses, _client,
+                 _srv_cname, _certificates, _forbidden, _reverse_proxy, _keys_expired, _private_addresses, _client,
                  _join_401)
     found = [h for detector in detectors for h in detector(report)]
     return sorted(found, key=lambda h: [ERROR, WARNING, INFO].index(h["level"]))
@@ -202,7 +210,8 @@ def _reverse_proxy(report):
     """Answers that a proxy in the way would explain: a 404 or non-JSON key path, bad signatures."""
     for addr, connection in report["ConnectionReports"].items():
         checks = connection["Checks"]
-        messages = [e["Message"] for e in connection["Errors"] if "certificate" not in e["Message"]]
+        messages = [e["Message"] for e in connection["Errors"]
+                    if "certificate" not in e["Message"] and e.get("Status") != 403]
         if connection["Keys"] is not None and checks["MatchingServerName"]:
             if not checks["HasEd25519Key"]:
                 messages.append("the key document has no ed25519 key")
@@ -210,6 +219,17 @@ def _reverse_proxy(report):
                 messages.append("a key signature does not verify: the key document was altered on the way")
         if messages:
             yield hint("reverse-proxy", ERROR, addr=addr, message="; ".join(messages))
+
+
+def forbidden_addresses(report: dict) -> list[str]:
+    """The addresses whose key path answered 403: a server that admits only its partners' addresses."""
+    return [addr for addr, connection in report["ConnectionReports"].items()
+            if any(e.get("Status") == 403 for e in connection["Errors"])]
+
+
+def _forbidden(report):
+    for addr in forbidden_addresses(report):
+        yield hint("forbidden", ERROR, addr=addr)
 
 
 def _keys_expired(report):

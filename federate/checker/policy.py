@@ -8,6 +8,8 @@ Each homeserver is checked from the controller with `federate check`
 - `closed` (an empty whitelist): it must NOT answer federation (no keys, no version);
 - `whitelist` (a non-empty whitelist): it must be reachable for its partners; that Synapse then
   talks only to the listed servers is its federation_domain_whitelist, which no outside check sees.
+  An internal homeserver's proxy admits only its partners' addresses: from anywhere else (the
+  controller, as a rule) the check must find the lock, a valid certificate and a 403 on the key path.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from federate.checker.hints import ERROR, WARNING
+from federate.checker.hints import ERROR, WARNING, forbidden_addresses
 from federate.checker.http import split_host_port
 from federate.checker.report import check_server
 from federate.settings import Homeserver, HostSettings
@@ -92,19 +94,33 @@ def verify_homeserver(settings: HostSettings, hs: Homeserver, **options) -> Resu
                              "fix": UNEXPECTEDLY_OPEN_FIX}]
         return result
     result.ok = report["FederationOK"]
+    if not result.ok and hs.federation_sources is not None and locked_to_partners(report):
+        result.ok = True
+        result.summary = (f"admits only its partners' addresses: the proxy answers 403 here at "
+                          f"{', '.join(forbidden_addresses(report))} (certificate valid); Synapse's policy allows "
+                          f"only {', '.join(hs.federation_whitelist or ()) or 'nobody'}")
+        return result
     if not result.ok:
         result.summary = f"federation FAILED: {why_not(report)}"
-        result.hints = failing_hints(report, settings.ip_range_whitelist)
+        result.hints = failing_hints(report, hs.ip_range_whitelist)
     elif expected == WHITELIST:
         result.summary = (f"reachable for its partners: {answered}; Synapse's policy allows only "
                           f"{', '.join(hs.federation_whitelist)} (its federation_domain_whitelist)")
     else:
         result.summary = f"federation OK: {answered}"
     if result.ok:  # federation works, e.g. through a fallback, but something is still wrong
-        result.hints = [h for h in failing_hints(report, settings.ip_range_whitelist) if h["level"] == ERROR]
+        result.hints = [h for h in failing_hints(report, hs.ip_range_whitelist) if h["level"] == ERROR]
         if result.hints:
             result.summary += f"; but {result.hints[0]['check']}: {result.hints[0]['problem']}"
     return result
+
+
+def locked_to_partners(report: dict) -> bool:
+    """Every address was reached with a valid certificate and refused us with 403, and nothing else failed."""
+    connections = report["ConnectionReports"]
+    return bool(connections) and not report["ConnectionErrors"] and all(
+        c["Checks"]["ValidCertificates"] and [e.get("Status") for e in c["Errors"]] == [403]
+        for c in connections.values())
 
 
 def where_answered(report: dict) -> str:
@@ -129,7 +145,7 @@ def why_not(report: dict) -> str:
 
 
 def failing_hints(report: dict, ip_range_whitelist=()) -> list[dict]:
-    """Errors and warnings of a report; a private address is no warning when the host's own
+    """Errors and warnings of a report; a private address is no warning when the homeserver's own
     ip_range_whitelist lists its range (a private federation, as in the lab)."""
     ranges = [ipaddress.ip_network(cidr, strict=False) for cidr in ip_range_whitelist]
 

@@ -53,8 +53,8 @@ def homeserver_config(settings: HostSettings, hs: Homeserver) -> dict[str, Any]:
     }
     if hs.federation_whitelist is not None:
         config["federation_domain_whitelist"] = list(hs.federation_whitelist)
-    if settings.ip_range_whitelist:
-        config["ip_range_whitelist"] = list(settings.ip_range_whitelist)
+    if hs.ip_range_whitelist:
+        config["ip_range_whitelist"] = list(hs.ip_range_whitelist)
     key_servers = trusted_key_servers(settings, hs)
     if key_servers is not None:
         config["trusted_key_servers"] = key_servers
@@ -193,6 +193,7 @@ def _homeserver(settings: HostSettings, hs: Homeserver, changed_before: list):
             venv=paths.VENV,
             config_paths=[paths.homeserver_yaml(name), paths.secrets_yaml(name)],
             local_url=local_url,
+            database=database_ref(settings, hs),
             user_id=f"@{user_entry.localpart}:{name}",
             localpart=user_entry.localpart,
             password=controller_password(settings.secrets_dir, name, user_entry.localpart),

@@ -8,11 +8,38 @@ from io import StringIO
 from pathlib import Path
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, StringCommand, operation
+from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
 
 from federate.deploy.paths import UPLOAD_TMP
-from federate.pyinfra_ext.facts import HttpStatus
 from federate.pyinfra_ext.run import temporary_name
+
+USERS_QUERY = "SELECT name FROM users"
+
+
+class MatrixUsers(FactBase):
+    """The user IDs a homeserver's database holds (`sqlite:PATH` or `postgres:NAME`), read on the host.
+
+    Asked of the database, not of Synapse: an internal homeserver answers profile lookups only to
+    signed-in users, and one query serves all of a homeserver's users."""
+
+    def command(self, database: str) -> str:
+        kind, _, name = database.partition(":")
+        if kind == "postgres":
+            return f"su postgres -c {shlex.quote(f'psql -Atc {shlex.quote(USERS_QUERY)} {shlex.quote(name)}')} 2>/dev/null || true"
+        script = ("import sqlite3, sys\n"
+                  "try:\n"
+                  f"    rows = sqlite3.connect('file:' + sys.argv[1] + '?mode=ro', uri=True).execute({USERS_QUERY!r})\n"
+                  "    print('\\n'.join(row[0] for row in rows))\n"
+                  "except sqlite3.Error:\n"
+                  "    pass\n")
+        return f"python3 -c {shlex.quote(script)} {shlex.quote(name)}"
+
+    @staticmethod
+    def default():
+        return []
+
+    def process(self, output):
+        return [line.strip() for line in output if line.strip()]
 
 
 def controller_password(secrets_dir: str, server_name: str, localpart: str) -> str:
@@ -28,15 +55,14 @@ def controller_password(secrets_dir: str, server_name: str, localpart: str) -> s
 
 
 @operation()
-def matrix_user(venv: str, config_paths: list[str], local_url: str, user_id: str,
+def matrix_user(venv: str, config_paths: list[str], local_url: str, database: str, user_id: str,
                 localpart: str, password: str, admin: bool):
     """Register a user with Synapse's shared-secret registration unless it exists.
 
     The password travels as an uploaded file into a root-only directory, never on a
     command line, so it shows in no process list and no pyinfra output.
     """
-    profile_url = f"{local_url}/_matrix/client/v3/profile/{user_id.replace('@', '%40').replace(':', '%3A')}"
-    if host.get_fact(HttpStatus, url=profile_url) == 200:
+    if user_id in host.get_fact(MatrixUsers, database=database):
         host.noop(f"user {user_id} exists")
         return
     secret_file = temporary_name(f"{UPLOAD_TMP}/{localpart}.password")

@@ -106,9 +106,9 @@ def inventory_hosts(topology: dict, addresses: dict[str, str], *, ssh_key: Path,
         data = {
             "ssh_hostname": addresses[host], "ssh_user": "root", "ssh_key": str(ssh_key),
             "ssh_known_hosts_file": str(known_hosts), "ssh_strict_host_key_checking": "yes",
-            "homeservers": copy.deepcopy(spec.get("homeservers", [])),
+            # a private federation: every homeserver may reach the lab's subnet
+            "homeservers": [{"ip_range_whitelist": [subnet], **hs} for hs in copy.deepcopy(spec.get("homeservers", []))],
             "tls": {"mode": "acme", "acme_directory": acme_directory(bridge_ip), "email": ACME_EMAIL},
-            "ip_range_whitelist": [subnet],
             "trusted_key_servers": [],
             "secrets_dir": str(secrets_dir),  # user passwords stay with this lab's state
             # the after-deploy federation check asks the lab DNS and trusts the lab CAs

@@ -15,23 +15,3 @@ class PathExists(FactBase):
 
     def process(self, output):
         return "".join(output).strip() == "yes"
-
-
-class HttpStatus(FactBase):
-    """HTTP status of a GET on the host itself (None when nothing answers)."""
-
-    def command(self, url: str) -> str:
-        script = (
-            "import sys, urllib.request, urllib.error\n"
-            "try:\n"
-            f"    print(urllib.request.urlopen({url!r}, timeout=5).status)\n"
-            "except urllib.error.HTTPError as e:\n"
-            "    print(e.code)\n"
-            "except Exception:\n"
-            "    print('none')\n"
-        )
-        return f"python3 -c {shlex.quote(script)}"
-
-    def process(self, output):
-        value = "".join(output).strip()
-        return int(value) if value.isdigit() else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -125,3 +126,55 @@ def deployed(lab):
     assert result.returncode == 0, f"deploy failed:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
     return lab
 
+
+
+# --- TLS and HTTP hardening, seen from outside (issue 11) ------------------------------------------
+
+HSTS_MIN_AGE = 2 * 365 * 24 * 3600
+
+
+def tls_scan(address: str, name: str, ports=(443, 8448)) -> str:
+    """nmap's ssl-enum-ciphers report for `name` (SNI) at address:ports."""
+    result = subprocess.run(["nmap", "-Pn", "--script", "ssl-enum-ciphers", "-p", ",".join(map(str, ports)),
+                             "--script-args", f"tls.servername={name}", address],
+                            text=True, capture_output=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def assert_tls_grade_a(report: str, ports=(443, 8448)):
+    """Every scanned port: grade A, TLS 1.2 and 1.3 only, ECDHE AEAD suites only (no CBC, no RSA kex)."""
+    for port in ports:
+        section = report.split(f"{port}/tcp")[1].split("/tcp")[0]
+        assert "least strength: A" in section, section
+        assert "TLSv1.2:" in section and "TLSv1.3:" in section, section
+        assert not any(old in section for old in ("TLSv1.0:", "TLSv1.1:", "SSLv3")), section
+        suites = [line.split()[1] for line in section.splitlines() if "_WITH_" in line]
+        assert suites and all(("_GCM_" in s or "CHACHA20" in s) and "CBC" not in s for s in suites), suites
+        assert all(s.startswith(("TLS_ECDHE_", "TLS_AKE_")) for s in suites), suites
+
+
+def assert_no_handshake_for_unknown_names(address: str, ports=(443, 8448)):
+    """A TLS name the host does not serve gets no handshake, so no certificate that names the others."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    for port in ports:
+        with socket.create_connection((address, port), timeout=5) as raw:
+            with pytest.raises(ssl.SSLError):
+                context.wrap_socket(raw, server_hostname="unknown.test").close()
+
+
+def assert_hsts_and_no_version(reply_443, reply_8448):
+    hsts = reply_443.headers.get("strict-transport-security", "")
+    assert int(hsts.split("max-age=")[1].split(";")[0]) >= HSTS_MIN_AGE, reply_443.headers
+    assert "strict-transport-security" not in reply_8448.headers  # HSTS is for browsers: 443 only
+    for reply in (reply_443, reply_8448):
+        assert not any(c.isdigit() for c in reply.headers.get("server", "")), reply.headers
+        assert b"nginx/" not in reply.body and b"Caddy/" not in reply.body
+
+
+def remote_status(lab, host: str, url: str) -> tuple[int, str]:
+    """HTTP status and body of a GET from inside lab host `host` (its own address as the source)."""
+    out = lab.ssh(host, f"curl -s -o /tmp/federate-probe -w '%{{http_code}}' {url}; echo; cat /tmp/federate-probe").stdout
+    status, _, body = out.partition("\n")
+    return int(status), body

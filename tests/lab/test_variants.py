@@ -16,7 +16,9 @@ from contextlib import contextmanager
 
 import pytest
 
-from conftest import LabSession, issue_certificate, open_ports, served_serial, with_provided_certificate
+from conftest import (LabSession, assert_hsts_and_no_version, assert_no_handshake_for_unknown_names,
+                      assert_tls_grade_a, issue_certificate, open_ports, remote_status, served_serial, tls_scan,
+                      with_provided_certificate)
 from federate.lab import prove
 from federate.checker.report import check_server
 from federate.lab import Lab
@@ -32,7 +34,9 @@ TOPOLOGY = {"hosts": {
                              "users": [{"localpart": "alice", "admin": True}]}],
             "host_data": VARIANT},
     "hs2": {"release": "trixie",
-            "homeservers": [{"server_name": "beta.test", "users": [{"localpart": "bob"}]}],
+            "homeservers": [{"server_name": "beta.test", "users": [{"localpart": "bob"}]},
+                            {"server_name": "internal.beta.test", "profile": "internal",
+                             "federation_whitelist": ["beta.test"], "users": [{"localpart": "dave"}]}],
             "host_data": VARIANT},
 }}
 WEB_RULE = "tcp dport { 80, 443, 8448 } accept"
@@ -50,6 +54,8 @@ def variant_lab(tmp_path_factory):
         files, session.info["provided_serial"] = issue_certificate(lab, directory, PROVIDED_NAMES)
         session.info["inventory"] = with_provided_certificate(session.inventory, directory, "hs1", files,
                                                               "alpha.test")
+        session.info["inventory"] = write_inventory(directory / "inventory.py", session.inventory,
+                                                    internal_clients_from(session))
         start = time.monotonic()
         result = run_deploy(session.inventory)
         session.timings["cold_deploy"] = time.monotonic() - start
@@ -59,11 +65,56 @@ def variant_lab(tmp_path_factory):
         lab.down()
 
 
+def internal_clients_from(session):
+    """internal.beta.test's client API only for the controller (the lab's bridge) and its own host."""
+    def limit(hosts):
+        dict(hosts)["hs2"]["homeservers"][1]["client_allow_ranges"] = [f"{session.info['dns']}/32",
+                                                                       f"{session.address('hs2')}/32"]
+    return limit
+
+
 def test_remote_checks_pass(variant_lab):
     checks = prove.prove(variant_lab.info)
     failed = [c.line() for c in checks if not c.ok]
     assert not failed, "\n".join(failed)
-    assert len(checks) == 4 * 2 + 1  # well-known x2, version, keys per server; the room across hosts
+    # well-known x2, version, keys per open server; the room across hosts; internal.beta.test: a room
+    # with beta.test, and alpha.test's invite, profile lookup and join refused
+    assert len(checks) == 4 * 2 + 1 + 4
+    refusals = [c for c in checks if c.name.startswith("internal.beta.test: ") and "refused" in c.name]
+    assert len(refusals) == 3 and all("admits federation only from its partners" in c.detail for c in refusals)
+
+
+@pytest.mark.parametrize("host,name", [("hs1", "matrix.alpha.test"), ("hs2", "beta.test")])
+def test_caddy_tls_grade_a_hsts_and_no_server_header(variant_lab, host, name):
+    """Mozilla "intermediate" on caddy too (caddy keeps session tickets: it rotates their keys itself)."""
+    info = variant_lab.info
+    assert_tls_grade_a(tls_scan(variant_lab.address(host), name))
+    assert_no_handshake_for_unknown_names(variant_lab.address(host))
+    client = https_get(name, 443, "/_matrix/client/versions", ca_file=info["ca_file"], dns_server=info["dns"])
+    missing = https_get(name, 8448, "/_matrix/client/versions", ca_file=info["ca_file"], dns_server=info["dns"])
+    assert (client.status, missing.status) == (200, 404)  # 8448: federation only
+    assert_hsts_and_no_version(client, missing)
+
+
+def test_caddy_internal_homeserver_answers_only_its_partners_and_its_clients(variant_lab):
+    for port in (443, 8448):
+        url = f"https://internal.beta.test:{port}/_matrix/key/v2/server"
+        assert remote_status(variant_lab, "hs2", url)[0] == 200, url
+        status, body = remote_status(variant_lab, "hs1", url)
+        assert status == 403 and '"errcode":"M_FORBIDDEN"' in body, (url, status, body)
+    client_api = "https://internal.beta.test/_matrix/client/versions"
+    assert remote_status(variant_lab, "hs2", client_api)[0] == 200
+    assert remote_status(variant_lab, "hs1", client_api)[0] == 403  # not in client_allow_ranges
+    assert https_get("internal.beta.test", 443, "/_matrix/client/versions", ca_file=variant_lab.info["ca_file"],
+                     dns_server=variant_lab.info["dns"]).status == 200  # the controller is
+
+
+def test_caddy_admin_api_is_a_socket_only_root_and_caddy_reach(variant_lab):
+    out = variant_lab.ssh("hs2", "stat -c '%U %a' /run/caddy; ss -Hlnt | awk '{print $4}' | grep -c ':2019$'; "
+                                 "systemctl reload caddy && echo reloaded; "
+                                 "runuser -u nobody -- curl -s --unix-socket /run/caddy/admin.sock http://localhost/config/"
+                                 " >/dev/null 2>&1 || echo refused", check=False).stdout.split("\n")
+    assert out[:4] == ["caddy 700", "0", "reloaded", "refused"], out
 
 
 @pytest.mark.parametrize("name,port,path", [
@@ -191,10 +242,12 @@ def _proxy_state(lab: LabSession, host: str) -> list[str]:
                    check=False).stdout.split()
 
 
-def _server_header(lab: LabSession) -> str:
+def _serving_443(lab: LabSession) -> str:
+    """The program answering on port 443 of hs2 (neither proxy tells its name or version in answers)."""
     info = lab.info
-    return https_get("beta.test", 443, "/nothing-here", ca_file=info["ca_file"],
-                     dns_server=info["dns"]).headers.get("server", "")
+    reply = https_get("beta.test", 443, "/nothing-here", ca_file=info["ca_file"], dns_server=info["dns"])
+    assert reply.status == 404 and reply.headers.get("server", "nginx") == "nginx", reply.headers
+    return lab.ssh("hs2", "ss -Hltnp 'sport = :443' | grep -o 'users:((\"[a-z]*' | sort -u | cut -d'\"' -f2").stdout.strip()
 
 
 def test_proxy_switch_hands_the_ports_over(variant_lab, tmp_path):
@@ -210,10 +263,25 @@ def test_proxy_switch_hands_the_ports_over(variant_lab, tmp_path):
 
     to("nginx")  # certbot obtains the certificates; caddy stays installed, stopped and disabled
     assert _proxy_state(variant_lab, "hs2") == ["inactive", "active", "disabled", "enabled", "enabled"]
-    assert _server_header(variant_lab).startswith("nginx")
+    assert _serving_443(variant_lab) == "nginx"
     to("caddy")  # back: caddy still holds its certificates; certbot's renewals off again
     assert _proxy_state(variant_lab, "hs2") == ["active", "inactive", "enabled", "disabled", "disabled"]
-    assert _server_header(variant_lab) == "Caddy"
+    assert _serving_443(variant_lab) == "caddy"
+
+
+def test_loosened_caddy_admin_dropin_is_repaired(variant_lab):
+    """An edited drop-in that would open caddy's admin socket directory to everyone is put back, and
+    caddy restarted onto it once."""
+    dropin = "/etc/systemd/system/caddy.service.d/federate-admin.conf"
+    variant_lab.ssh("hs2", f"sed -i 's/RuntimeDirectoryMode=0700/RuntimeDirectoryMode=0755/' {dropin} && "
+                           "chmod 666 " + dropin + " && systemctl daemon-reload && systemctl restart caddy")
+    assert variant_lab.ssh("hs2", "stat -c %a /run/caddy").stdout.strip() == "755"
+    repair = run_deploy(variant_lab.inventory, "--json")
+    assert repair.returncode == 0, repair.stderr[-3000:]
+    assert {"caddy: admin socket directory (unit drop-in)", "caddy: drop-in owner and mode",
+            "caddy: restart onto the admin socket"} <= changed_names(repair, "hs2")
+    assert variant_lab.ssh("hs2", f"stat -c '%a %U' /run/caddy {dropin}").stdout.split("\n")[:2] == ["700 caddy", "644 root"]
+    assert_converged(variant_lab.inventory)
 
 
 def test_report_timings(variant_lab, capsys):

@@ -111,27 +111,37 @@ def test_healthy_lab_passes_verify(deployed):
     assert any(line.startswith("  [PASS] beta.test on hs2, expected open: federation OK: Synapse ")
                for line in lines)
     internal = next(line for line in lines if "internal.alpha.test" in line)
-    assert internal.startswith("  [PASS] internal.alpha.test on hs1, expected whitelist: reachable for its partners")
-    assert internal.endswith("Synapse's policy allows only alpha.test (its federation_domain_whitelist)")
+    # the controller is no partner: the proxy's 403 is the lock, checked with a valid certificate
+    assert internal.startswith("  [PASS] internal.alpha.test on hs1, expected whitelist: admits only its partners' "
+                               f"addresses: the proxy answers 403 here at {deployed.address('hs1')}:443 (certificate valid)")
+    assert internal.endswith("Synapse's policy allows only alpha.test")
 
     status, results = verify_json(deployed.inventory)
     assert status == 0
     assert {name: r["expected"] for name, r in results.items()} == EXPECTED
-    assert all(r["ok"] and r["hints"] == [] and r["report"]["FederationOK"] for r in results.values())
+    assert all(r["ok"] and r["hints"] == [] for r in results.values())
+    assert [name for name, r in results.items() if r["report"]["FederationOK"]] == ["alpha.test", "beta.test"]
 
 
 def test_empty_whitelist_that_still_answers_is_unexpectedly_open(deployed, tmp_path):
-    """Settings say 'no federation' but the live server (still whitelisting alpha.test) answers."""
+    """Settings say 'no federation' but the live server (still whitelisting alpha.test, its proxy's
+    address lock removed by hand) answers."""
     def close_internal(hosts):
         hosts[0][1]["homeservers"][1]["federation_whitelist"] = []
 
-    status, results = verify_json(write_inventory(tmp_path / "closed.py", deployed.inventory, close_internal))
-    assert status == 1
-    internal = results["internal.alpha.test"]
-    assert (internal["expected"], internal["ok"]) == ("closed", False)
-    assert internal["summary"].startswith("unexpectedly open: Synapse ")
-    assert hint_names(internal) == ["unexpectedly-open"]
-    assert results["alpha.test"]["ok"] and results["beta.test"]["ok"]
+    site = "/etc/nginx/conf.d/federate-internal.alpha.test.conf"
+    deployed.ssh("hs1", f"cp {site} /root/internal.before-test && sed -i '/allow /d; /deny all;/d' {site} "
+                        "&& nginx -s reload && sleep 1")
+    try:
+        status, results = verify_json(write_inventory(tmp_path / "closed.py", deployed.inventory, close_internal))
+        assert status == 1
+        internal = results["internal.alpha.test"]
+        assert (internal["expected"], internal["ok"]) == ("closed", False)
+        assert internal["summary"].startswith("unexpectedly open: Synapse ")
+        assert hint_names(internal) == ["unexpectedly-open"]
+        assert results["alpha.test"]["ok"] and results["beta.test"]["ok"]
+    finally:
+        deployed.ssh("hs1", f"mv /root/internal.before-test {site} && nginx -s reload")
 
 
 def test_closed_internal_server_is_verified_closed(deployed, tmp_path):

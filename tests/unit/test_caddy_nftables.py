@@ -28,14 +28,20 @@ def test_caddy_site_routes_like_nginx():
     s = settings([{"server_name": "alpha.test", "public_host": "matrix.alpha.test", "port": 8100}])
     caddyfile = proxy_for(s, BOOKWORM).render_caddyfile()
     site = site_block(caddyfile, "alpha.test:443")
-    assert site.splitlines()[0] == ("alpha.test:443, matrix.alpha.test:443, alpha.test:8448, "
-                                    "matrix.alpha.test:8448 {")
-    assert "@synapse path /_matrix/* /_synapse/client/*" in site
+    assert site.splitlines()[0] == "alpha.test:443, matrix.alpha.test:443 {"
+    assert "path /_matrix/federation/* /_matrix/key/*\n" in site and "remote_ip" not in site  # open federation
+    assert "path /_matrix/* /_synapse/client/*\n" in site
     assert "reverse_proxy 127.0.0.1:8100\n" in site  # no path rewriting, no header changes
     assert "max_size 52428800" in site and "> 52428800`" in site  # nginx's 50M is 50 MiB
     assert re.search(r"handle /_synapse/admin\* \{\s+respond 404\s+\}", site)
     assert re.search(r"\thandle \{\s+respond 404\s+\}", site)  # unmatched paths: a real 404
-    assert "tls " not in site  # ACME: caddy obtains the certificate itself
+    assert "\ttls {\n" in site  # ACME: caddy obtains the certificate itself
+    # port 8448: federation only
+    federation = site_block(caddyfile, "alpha.test:8448")
+    assert federation.splitlines()[0] == "alpha.test:8448, matrix.alpha.test:8448 {"
+    assert "path /_matrix/federation/* /_matrix/key/*\n" in federation
+    assert "/_synapse/client" not in federation and "well-known" not in federation
+    assert "Strict-Transport-Security" not in federation and "Strict-Transport-Security" in site
 
 
 def test_caddy_well_known_answers_are_plain_json_with_cors():

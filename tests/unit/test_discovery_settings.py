@@ -69,5 +69,5 @@ def test_records_for_a_delegation_host():
 def test_delegation_site_template_renders_without_a_proxy():
     text = render("federate-delegation.conf.j2", server_name="g.test", public_host="m.g.test",
                   cert="/c", key="/k", server_json='{"m.server":"m.g.test:443"}', client_json="{}",
-                  listen_http2=" http2", http2_on=False)
+                  listen_http2=" http2", http2_on=False, hsts_max_age=63072000)
     assert "listen 443 ssl" in text and "8448" not in text

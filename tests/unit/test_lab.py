@@ -284,10 +284,11 @@ def test_inventory_is_valid_python_with_absolute_paths(tmp_path):
     assert hs1_name == "hs1" and hs1["ssh_hostname"] == "10.1.2.11"
     assert hs1["ssh_key"] == str(tmp_path / "id_ed25519") and Path(hs1["ssh_key"]).is_absolute()
     assert hs1["ssh_strict_host_key_checking"] == "yes"
-    assert hs1["homeservers"] == spec["hosts"]["hs1"]["homeservers"]  # passed through unchanged
+    # passed through unchanged, each allowed into the lab's private subnet
+    assert hs1["homeservers"] == [{"ip_range_whitelist": ["10.1.2.0/24"], **hs} for hs in spec["hosts"]["hs1"]["homeservers"]]
     assert hs1["tls"] == {"mode": "acme", "acme_directory": "https://10.1.2.1:14000/dir",
                           "email": topology.ACME_EMAIL}
-    assert hs1["ip_range_whitelist"] == ["10.1.2.0/24"] and hs1["trusted_key_servers"] == []
+    assert "ip_range_whitelist" not in hs1 and hs1["trusted_key_servers"] == []
     assert hs1["secrets_dir"] == str(tmp_path / "secrets")
     assert hs1["verify"] == {"dns_server": "10.1.2.1", "ca_file": str(tmp_path / "ca_bundle.pem")}
 

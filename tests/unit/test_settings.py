@@ -195,9 +195,64 @@ def test_users():
             "homeservers[0].users[1].localpart")
 
 
-def test_ip_ranges():
-    refused(data(ip_range_whitelist=["10.0.0.0/33"]), "ip_range_whitelist[0]")
-    assert host_settings("h1", data(ip_range_whitelist=["10.9.0.0/24"])).ip_range_whitelist == ("10.9.0.0/24",)
+def test_ip_ranges_are_per_homeserver():
+    refused(data(homeservers=[{"server_name": "a.test", "ip_range_whitelist": ["10.0.0.0/33"]}]),
+            "homeservers[0].ip_range_whitelist[0]")
+    s = host_settings("h1", data(homeservers=[{"server_name": "a.test"},
+                                              {"server_name": "in.a.test", "profile": "internal",
+                                               "ip_range_whitelist": ["10.9.0.0/24"]}]))
+    assert [hs.ip_range_whitelist for hs in s.homeservers] == [(), ("10.9.0.0/24",)]
+    # the old host-wide key would let the open homeserver into its internal neighbour's ranges
+    assert "homeservers[N].ip_range_whitelist" in refused(data(ip_range_whitelist=["10.9.0.0/24"]),
+                                                          "ip_range_whitelist")
+
+
+def test_internal_federation_is_admitted_from_its_partners_hosts_only():
+    hosts = [("hs1", data(ssh_hostname="10.1.2.11", homeservers=[
+                 {"server_name": "a.test"},
+                 {"server_name": "in.a.test", "profile": "internal", "federation_whitelist": ["a.test", "b.test"]}])),
+             ("hs2", data(homeservers=[{"server_name": "b.test"}])), ("hs3", data(homeservers=[{"server_name": "c.test"}]))]
+    resolved = inventory_settings(hosts, resolve=lambda name: {"hs2": ["10.1.2.12", "fd00::12"]}[name])
+    external, internal = resolved["hs1"].homeservers
+    assert external.federation_sources is None  # open: everyone
+    assert internal.federation_sources == ("10.1.2.11", "10.1.2.12", "fd00::12")  # hs3 (c.test) not among them
+
+
+def test_internal_partner_outside_the_inventory_needs_its_addresses():
+    hs = {"server_name": "in.a.test", "profile": "internal", "federation_whitelist": ["far.example"]}
+    with pytest.raises(SettingsError) as err:
+        inventory_settings([("hs1", data(homeservers=[hs]))])
+    assert err.value.field == "homeservers[0].federation_allow_addresses" and "far.example" in str(err.value)
+    [internal] = inventory_settings([("hs1", data(homeservers=[{**hs, "federation_allow_addresses": [
+        "192.0.2.0/24"]}]))])["hs1"].homeservers
+    assert internal.federation_sources == ("192.0.2.0/24",)
+    # an internal homeserver that federates with nobody admits nobody
+    [closed] = host_settings("h1", data(homeservers=[{"server_name": "x.test", "profile": "internal"}])).homeservers
+    assert closed.federation_sources == ()
+    refused(data(homeservers=[{"server_name": "a.test", "federation_allow_addresses": ["192.0.2.1"]}]),
+            "homeservers[0].federation_allow_addresses")
+    refused(data(homeservers=[{**hs, "federation_allow_addresses": ["example.com"]}]),
+            "homeservers[0].federation_allow_addresses[0]")
+
+
+def test_unresolvable_partner_host_is_named():
+    hosts = [("hs1", data(homeservers=[{"server_name": "in.a.test", "profile": "internal",
+                                        "federation_whitelist": ["b.test"]}])),
+             ("hs2", data(homeservers=[{"server_name": "b.test"}]))]
+
+    def fails(name):
+        raise OSError("no such host")
+    with pytest.raises(SettingsError) as err:
+        inventory_settings(hosts, resolve=fails)
+    assert err.value.field == "homeservers[0].federation_whitelist" and "host hs2" in str(err.value)
+
+
+def test_client_allow_ranges():
+    [hs] = host_settings("h1", data(homeservers=[{"server_name": "a.test",
+                                                  "client_allow_ranges": ["10.8.0.0/16"]}])).homeservers
+    assert hs.client_allow_ranges == ("10.8.0.0/16",)
+    refused(data(homeservers=[{"server_name": "a.test", "client_allow_ranges": []}]),
+            "homeservers[0].client_allow_ranges")
 
 
 def test_no_homeservers():

@@ -72,10 +72,40 @@ def test_closed_internal_server_must_not_answer(answers):
 def test_whitelisted_internal_server_must_be_reachable(answers):
     given, _ = answers
     given["i.test"] = report("i.test", True)
-    [result] = verify.verify_settings(settings(
-        {"server_name": "i.test", "profile": "internal", "federation_whitelist": ["a.test", "b.test"]}))
+    [result] = verify.verify_settings(settings(INTERNAL))
     assert (result.expected, result.ok) == ("whitelist", True)
     assert "Synapse's policy allows only a.test, b.test" in result.summary
+
+
+INTERNAL = {"server_name": "i.test", "profile": "internal", "federation_whitelist": ["a.test", "b.test"],
+            "federation_allow_addresses": ["192.0.2.0/24"]}
+
+
+def forbidden_report(valid_certificate: bool = True) -> dict:
+    """What the controller sees of an internal server whose proxy admits only its partners."""
+    result = report("i.test", False)
+    result["ConnectionReports"]["10.1.2.11:443"] = {
+        "Checks": {"AllChecksOK": False, "ValidCertificates": valid_certificate},
+        "Errors": [{"Message": "GET /_matrix/key/v2/server answered HTTP 403", "Status": 403}]}
+    return result
+
+
+def test_internal_server_locked_to_its_partners_passes_with_a_403_from_elsewhere(answers):
+    given, _ = answers
+    given["i.test"] = forbidden_report()
+    [result] = verify.verify_settings(settings(INTERNAL))
+    assert result.ok and "admits only its partners' addresses: the proxy answers 403 here" in result.summary
+
+
+def test_a_403_does_not_excuse_a_bad_certificate_or_an_open_server(answers):
+    given, _ = answers
+    given["i.test"] = forbidden_report(valid_certificate=False)
+    [result] = verify.verify_settings(settings(INTERNAL))
+    assert not result.ok
+    given["a.test"] = forbidden_report()  # an open server must answer everyone
+    given["a.test"]["ServerName"] = "a.test"
+    [result] = verify.verify_settings(settings({"server_name": "a.test"}))
+    assert not result.ok
 
 
 def test_options_come_from_each_host_unless_given(answers):
@@ -94,7 +124,7 @@ def test_private_address_is_no_warning_inside_the_hosts_own_ip_range_whitelist(a
     given, _ = answers
     private = [hint("private-address", "warning", addr=f"{a}:443") for a in ("10.1.2.11", "192.168.1.5")]
     given["a.test"] = report("a.test", False, private)
-    [result] = verify.verify_settings(settings({"server_name": "a.test"}, ip_range_whitelist=["10.1.2.0/24"]))
+    [result] = verify.verify_settings(settings({"server_name": "a.test", "ip_range_whitelist": ["10.1.2.0/24"]}))
     assert [h["problem"].split(" ")[0] for h in result.hints] == ["192.168.1.5:443"]
 
 

@@ -18,6 +18,10 @@ from federate.pyinfra_ext.owed import changed_or_owed, settled
 from federate.settings import Delegation, Homeserver, HostSettings
 
 
+# Strict-Transport-Security on 443: two years, Mozilla's recommendation.
+HSTS_MAX_AGE = 63072000
+
+
 class Proxy:
     """What a reverse proxy does for the deploy."""
 
@@ -34,6 +38,10 @@ class Proxy:
     def http_site(self) -> None:
         """Port 80, before certificates are asked for (ACME HTTP-01)."""
 
+    def tls_ports(self) -> list[int]:
+        """The TLS ports this host's proxy listens on: 8448 only when a homeserver federates."""
+        return [443, *([8448] if any(hs.federation_open for hs in self.settings.homeservers) else [])]
+
     def sites(self, certificate_ops: list) -> None:
         """The TLS sites of every homeserver and delegation; reload when anything changed."""
         raise NotImplementedError
@@ -42,12 +50,12 @@ class Proxy:
     def site_context(self, hs: Homeserver) -> dict:
         cert, key = self.certificates.files(hs.cert_name) or ("", "")
         return {"hs": hs, "cert": cert, "key": key, "max_upload_size": self.settings.max_upload_size,
-                **wellknown.documents_json(hs, serve_server=hs.serves_server_well_known)}
+                "hsts_max_age": HSTS_MAX_AGE, **wellknown.documents_json(hs, serve_server=hs.serves_server_well_known)}
 
     def delegation_context(self, delegation: Delegation) -> dict:
         cert, key = self.certificates.files(delegation.server_name) or ("", "")
         return {"server_name": delegation.server_name, "public_host": delegation.public_host,
-                "cert": cert, "key": key, **wellknown.documents_json(delegation)}
+                "cert": cert, "key": key, "hsts_max_age": HSTS_MAX_AGE, **wellknown.documents_json(delegation)}
 
 
 def proxies() -> dict[str, type[Proxy]]:

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
+from pyinfra.operations import files, systemd
 
-from federate.deploy.proxy import Proxy, reload_if_changed
+from federate.deploy.proxy import HSTS_MAX_AGE, Proxy, reload_if_changed
 from federate.deploy.templating import render
 from federate.deploy.tls import CaddyAcme, wanted_certificates
 from federate.pyinfra_ext.files import config_file, file_attributes
-from federate.pyinfra_ext.owed import pending_marker
+from federate.pyinfra_ext.owed import changed_or_owed, pending_marker, settled
 
 CADDYFILE = "/etc/caddy/Caddyfile"
 CADDY_CHECK = "caddy validate --adapter caddyfile --config {path}"
 RELOAD = pending_marker("reload-caddy")
+RESTART = pending_marker("restart-caddy")
 # Where Debian's caddy (user caddy, HOME /var/lib/caddy) keeps the certificates it obtained.
 CADDY_CERTIFICATES = "/var/lib/caddy/.local/share/caddy/certificates"
 CADDY_CERT_WAIT_SECONDS = 120
+# caddy's admin API: a Unix socket in a runtime directory of mode 0700 that systemd makes for the
+# caddy user (a drop-in); `systemctl reload caddy` finds it through the Caddyfile's admin line.
+ADMIN_SOCKET = "/run/caddy/admin.sock"
+ADMIN_DROPIN = "/etc/systemd/system/caddy.service.d/federate-admin.conf"
 
 
 def size_bytes(size: str) -> int:
@@ -27,9 +34,8 @@ def size_bytes(size: str) -> int:
     return int(size.rstrip("KMG")) * factor
 
 
-def _addresses(names, federation: bool) -> list[str]:
-    ports = (443, 8448) if federation else (443,)
-    return [f"{name}:{port}" for port in ports for name in names]
+def _addresses(names, port: int) -> list[str]:
+    return [f"{name}:{port}" for name in names]
 
 
 class Caddy(Proxy):
@@ -41,14 +47,15 @@ class Caddy(Proxy):
 
     def caddyfile_context(self) -> dict:
         settings, acme = self.settings, self.certificates.by_proxy
-        homeservers = [{**self.site_context(hs), "addresses": _addresses(hs.proxy_names, hs.federation_open)}
+        homeservers = [{**self.site_context(hs), "addresses_443": _addresses(hs.proxy_names, 443),
+                        "addresses_8448": _addresses(hs.proxy_names, 8448) if hs.federation_open else []}
                        for hs in settings.homeservers]
-        delegations = [{**self.delegation_context(d), "addresses": _addresses([d.server_name], federation=False)}
+        delegations = [{**self.delegation_context(d), "addresses_443": _addresses([d.server_name], 443)}
                        for d in settings.delegations]
         return {"acme_directory": settings.tls.acme_directory if acme else "",
                 "email": (settings.tls.email or "") if acme else "",
-                "max_bytes": size_bytes(settings.max_upload_size),
-                "homeservers": homeservers, "delegations": delegations}
+                "max_bytes": size_bytes(settings.max_upload_size), "hsts_max_age": HSTS_MAX_AGE,
+                "admin_socket": ADMIN_SOCKET, "homeservers": homeservers, "delegations": delegations}
 
     def render_caddyfile(self) -> str:
         return render("Caddyfile.j2", **self.caddyfile_context())
@@ -57,9 +64,20 @@ class Caddy(Proxy):
         """Port 80 (ACME challenges, redirect) comes from the one Caddyfile, written with the sites."""
 
     def sites(self, certificate_ops):
+        files.directory(name="caddy: unit drop-in dir", path=posixpath.dirname(ADMIN_DROPIN),
+                        user="root", group="root", mode="755")
+        dropin = config_file(name="caddy: admin socket directory (unit drop-in)", dest=ADMIN_DROPIN,
+                             content=render("federate-admin.conf.j2", runtime_dir=posixpath.dirname(ADMIN_SOCKET)),
+                             owes=RESTART)
+        file_attributes(name="caddy: drop-in owner and mode", path=ADMIN_DROPIN, user="root", group="root", mode="644")
         caddyfile = config_file(name="Caddyfile", dest=CADDYFILE, content=self.render_caddyfile(),
                                 check=CADDY_CHECK, owes=RELOAD)
         file_attributes(name="Caddyfile owner and mode", path=CADDYFILE, user="root", group="root", mode="644")
+        # A reload reaches caddy at the admin address of the new Caddyfile: a caddy started before the
+        # drop-in (its package's start, an older federate) listens elsewhere, so it is restarted once.
+        systemd.service(name="caddy: restart onto the admin socket", service="caddy", running=True,
+                        restarted=True, daemon_reload=True, _if=changed_or_owed([dropin], RESTART))
+        settled(name="caddy: restart done", marker=RESTART)
         reload_if_changed("caddy", RELOAD, caddyfile, *certificate_ops)
         if self.certificates.by_proxy:
             names = sorted({name for _, names in wanted_certificates(self.settings) for name in names})

@@ -47,12 +47,16 @@ class Nginx(Proxy):
                       for d in self.settings.delegations})
         return sites
 
+    def render_http_site(self) -> str:
+        return render("federate-http.conf.j2", acme_webroot=paths.ACME_WEBROOT, tls_ports=self.tls_ports(),
+                      **self.http2())
+
     def http_site(self):
         removed = files.link(name="Debian's default site off", path="/etc/nginx/sites-enabled/default",
                              present=False)
         webroot = files.directory(name="ACME webroot", path=paths.ACME_WEBROOT, mode="755")
         site = config_file(name="Port 80 site", dest=HTTP_SITE, check=NGINX_CHECK, check_in_place=True, owes=RELOAD,
-                           content=render("federate-http.conf.j2", acme_webroot=paths.ACME_WEBROOT))
+                           content=self.render_http_site())
         file_attributes(name="Port 80 site owner and mode", path=HTTP_SITE, user="root", group="root", mode="644")
         reload_if_changed("nginx", RELOAD, removed, webroot, site)
 
