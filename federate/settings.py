@@ -142,18 +142,26 @@ class Homeserver:
 
     @property
     def database_name(self) -> str:
-        """Its PostgreSQL role and database: synapse_ and the host name with '.' and '-' as '_'.
-        Two names can map to one (a-b.test, a.b.test): validation refuses that on one host."""
-        return "synapse_" + re.sub(r"[^a-z0-9]", "_", self.host_name)
+        return database_name(self.server_name)
 
     @property
     def os_user(self) -> str:
-        """The OS user its Synapse runs as, owning only its own files: the database name, or for a
-        name longer than useradd's 32 characters, its first 25 and 6 hex digits of a hash."""
-        name = self.database_name
-        if len(name) <= OS_USER_LIMIT:
-            return name
-        return f"{name[:OS_USER_LIMIT - 7]}_{hashlib.sha256(self.host_name.encode()).hexdigest()[:6]}"
+        return os_user(self.server_name)
+
+
+def database_name(server_name: str) -> str:
+    """A homeserver's PostgreSQL role and database: synapse_ and the host name with '.' and '-' as
+    '_'. Two names can map to one (a-b.test, a.b.test): validation refuses that on one host."""
+    return "synapse_" + re.sub(r"[^a-z0-9]", "_", server_name.split(":")[0])
+
+
+def os_user(server_name: str) -> str:
+    """The OS user a homeserver's Synapse runs as, owning only its own files: its database name, or
+    for a name longer than useradd's 32 characters, the first 25 and 6 hex digits of a hash."""
+    name, host_name = database_name(server_name), server_name.split(":")[0]
+    if len(name) <= OS_USER_LIMIT:
+        return name
+    return f"{name[:OS_USER_LIMIT - 7]}_{hashlib.sha256(host_name.encode()).hexdigest()[:6]}"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ def deploy_homeservers() -> None:
     from pyinfra import host, inventory
     from pyinfra.facts.server import LinuxDistribution
 
-    from federate.deploy import database, debian, dns_records, federation_check, firewall, proxy, synapse, system, tls
+    from federate.deploy import (database, debian, dns_records, federation_check, firewall, proxy, retired, synapse,
+                                 system, tls)
     from federate.inventory import refuse, settings_for
     from federate.pyinfra_ext.lease import lock_acquired, lock_released, lock_renewed
 
@@ -38,6 +39,7 @@ def deploy_homeservers() -> None:
     firewall.configure(settings)
     proxy.http_site(chosen_proxy)
     certificate_ops = tls.certificates(settings, chosen_proxy.certificates, reload_marker=chosen_proxy.reload_marker)
+    retired.retire_removed(settings)  # homeservers taken out of the inventory stop before the sites change
     if settings.homeservers:  # a delegation host only publishes well-known files
         renewed("Synapse")
         database.configure(settings, release)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shlex
 
 from pyinfra import host
-from pyinfra.api import StringCommand, deploy, operation
+from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.operations import files, systemd
 
 from federate.deploy import paths
@@ -17,6 +17,10 @@ from federate.pyinfra_ext.owed import owed_before_uploads
 from federate.settings import HostSettings, certificate_names
 
 LETSENCRYPT_LIVE = "/etc/letsencrypt/live"
+LETSENCRYPT_RENEWAL = "/etc/letsencrypt/renewal"
+# Renewal files of federate's certificates that no site needs any more (a retired homeserver, a
+# dropped delegation): kept, so the certificate comes back with its name, but not renewed.
+RENEWAL_PARKED = "/etc/letsencrypt/renewal-parked"
 NGINX_RELOAD_COMMAND = "systemctl reload nginx"
 
 
@@ -53,6 +57,7 @@ class Certbot(Certificates):
     def deploy(self, settings, reload_marker):
         # back from caddy, which turned them off
         systemd.service(name="certbot renewals on", service="certbot.timer", running=True, enabled=True)
+        renewals(name="certbot renews only what the sites need", wanted=[name for name, _ in wanted_certificates(settings)])
         return [acme_certificate(name=f"{cert_name}: ACME certificate", names=names, cert_name=cert_name,
                                  directory=settings.tls.acme_directory, email=settings.tls.email,
                                  webroot=paths.ACME_WEBROOT, reload_command=NGINX_RELOAD_COMMAND)
@@ -96,6 +101,41 @@ class Provided(Certificates):
             ops.append(private_file(name=f"{cert_name}: private key", src=given["key"], dest=key,
                                     **self.key_owner))
         return ops
+
+
+class FederateRenewals(FactBase):
+    """certbot certificates federate obtained (their renewal answers challenges from federate's
+    webroot): {"renewed": [...], "parked": [...]} by certificate name."""
+
+    def command(self) -> str:
+        webroot = shlex.quote(paths.ACME_WEBROOT)
+        return "; ".join(f"echo '# {kind}'; grep -l -F -- {webroot} {folder}/*.conf 2>/dev/null"
+                         for kind, folder in (("renewed", LETSENCRYPT_RENEWAL), ("parked", RENEWAL_PARKED))) + "; true"
+
+    @staticmethod
+    def default():
+        return {"renewed": [], "parked": []}
+
+    def process(self, output):
+        state, kind = {"renewed": [], "parked": []}, None
+        for line in (line.strip() for line in output):
+            if line.startswith("# "):
+                kind = line[2:]
+            elif line.endswith(".conf") and kind:
+                state[kind].append(line.rsplit("/", 1)[1].removesuffix(".conf"))
+        return state
+
+
+@operation()
+def renewals(wanted: list[str]):
+    """certbot renews federate's certificates that a site needs; the others are parked (kept, not
+    renewed), and a parked one that is needed again comes back."""
+    state = host.get_fact(FederateRenewals)
+    for name in (n for n in state["renewed"] if n not in wanted):
+        yield StringCommand(f"mkdir -p {RENEWAL_PARKED} && mv {LETSENCRYPT_RENEWAL}/{shlex.quote(name)}.conf "
+                            f"{RENEWAL_PARKED}/")
+    for name in (n for n in state["parked"] if n in wanted):
+        yield StringCommand(f"mv {RENEWAL_PARKED}/{shlex.quote(name)}.conf {LETSENCRYPT_RENEWAL}/")
 
 
 def tls_for(settings: HostSettings, acme: type[Certificates], key_owner: dict) -> Certificates:

@@ -1,0 +1,41 @@
+"""Homeservers taken out of the inventory: which are retired, what the run says, and certbot's
+renewals following the sites (facts in, commands out; the lab proves it on a host)."""
+
+from federate.deploy import retired, tls
+from federate.settings import host_settings
+
+from test_pyinfra_ext import commands, fact
+
+
+def settings(database="postgres"):
+    return host_settings("h1", {"database": database, "tls": {"mode": "acme", "acme_directory": "https://a.test/d"},
+                                "homeservers": [{"server_name": "alpha.test"}]})
+
+
+def test_a_homeserver_no_longer_in_the_settings_is_retired():
+    assert retired.retired_names(settings(), ["alpha.test", "internal.alpha.test"]) == ["internal.alpha.test"]
+    assert retired.retired_names(settings(), ["alpha.test"]) == []
+    assert retired.ConfiguredHomeservers().process(["internal.alpha.test\n", "alpha.test\n"]) == [
+        "alpha.test", "internal.alpha.test"]
+
+
+def test_the_run_says_what_is_kept_and_how_to_delete_it():
+    message = retired.kept_and_how_to_delete(settings(), "internal.alpha.test")
+    for kept in ("/etc/matrix-synapse/internal.alpha.test", "/var/lib/matrix-synapse/internal.alpha.test",
+                 "database synapse_internal_alpha_test", "OS user synapse_internal_alpha_test",
+                 "runuser -u postgres -- dropdb synapse_internal_alpha_test", "userdel synapse_internal_alpha_test"):
+        assert kept in message
+    assert "dropdb" not in retired.kept_and_how_to_delete(settings("sqlite"), "internal.alpha.test")
+
+
+def test_certbot_renews_only_what_the_sites_need():
+    state = tls.FederateRenewals().process(["# renewed", "/etc/letsencrypt/renewal/alpha.test.conf",
+                                            "/etc/letsencrypt/renewal/old.test.conf", "# parked",
+                                            "/etc/letsencrypt/renewal-parked/back.test.conf"])
+    assert state == {"renewed": ["alpha.test", "old.test"], "parked": ["back.test"]}
+    assert commands(tls.renewals, fact(tls.FederateRenewals, state), wanted=["alpha.test", "back.test"]) == [
+        "mkdir -p /etc/letsencrypt/renewal-parked && mv /etc/letsencrypt/renewal/old.test.conf "
+        "/etc/letsencrypt/renewal-parked/",
+        "mv /etc/letsencrypt/renewal-parked/back.test.conf /etc/letsencrypt/renewal/"]
+    settled = {"renewed": ["alpha.test", "back.test"], "parked": ["old.test"]}
+    assert commands(tls.renewals, fact(tls.FederateRenewals, settled), wanted=["alpha.test", "back.test"]) == []
