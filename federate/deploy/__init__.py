@@ -13,8 +13,8 @@ def deploy_homeservers() -> None:
     from pyinfra import host, inventory
     from pyinfra.facts.server import LinuxDistribution
 
-    from federate.deploy import (database, debian, dns_records, federation_check, firewall, proxy, retired, synapse,
-                                 system, tls)
+    from federate.deploy import (database, debian, dns_records, dumps, federation_check, firewall, proxy, retired,
+                                 synapse, system, tls)
     from federate.inventory import refuse, settings_for
     from federate.pyinfra_ext.lease import lock_acquired, lock_released, lock_renewed
 
@@ -43,6 +43,7 @@ def deploy_homeservers() -> None:
     if settings.homeservers:  # a delegation host only publishes well-known files
         renewed("Synapse")
         database.configure(settings, release)
+        dumps.before_version_change(settings)  # schema migrations cannot be undone
         synapse.install_synapse(settings)
     renewed("the sites")
     proxy.homeserver_sites(chosen_proxy, certificate_ops)

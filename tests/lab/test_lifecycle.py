@@ -134,10 +134,22 @@ def test_upgrade_in_place_keeps_data_with_one_restart(solo, tmp_path):
     info = solo.info
     traces = asyncio.run(leave_traces(solo.account(), info["dns"], info["ca_file"]))
     key_before = solo.check(f"sha256sum /etc/matrix-synapse/{SERVER}/signing.key")
+    # three dumps of earlier upgrades: the upgrade adds its own and keeps the newest three
+    dumps = f"/var/backups/federate/{SERVER}"
+    solo.check(f"install -d -m 700 {dumps} && for day in 1 2 3; do touch -d \"$day days ago\" "
+               f"{dumps}/{SERVER}-1.0.$day-2026010${{day}}T000000Z.dump; done")
     since = solo.check("date +%s").strip()
     upgraded = solo.inventory(tmp_path, synapse_version=NEW)
     result = run_deploy(upgraded)
     assert result.returncode == 0, result.stdout[-4000:]
+    assert f"Synapse {OLD} -> {NEW}: each database is dumped first" in result.stderr
+    listing = solo.check(f"stat -c '%a %U' {dumps}; ls -1t {dumps}").split("\n")
+    assert listing[0] == "700 root" and len(listing[1:-1]) == 3, listing
+    assert listing[1].startswith(f"{SERVER}-{OLD}-") and listing[2:4] == [f"{SERVER}-1.0.1-20260101T000000Z.dump",
+                                                                          f"{SERVER}-1.0.2-20260102T000000Z.dump"]
+    # the dump is a complete PostgreSQL archive of the homeserver's database, readable by root only
+    archive = solo.check(f"stat -c %a {dumps}/{listing[1]}; pg_restore -l {dumps}/{listing[1]}")
+    assert archive.startswith("600\n") and "dbname: synapse_gamma_test" in archive and "TABLE DATA public events" in archive
     starts = solo.check(f"journalctl -u matrix-synapse@{SERVER} --since @{since} -o cat | grep -c '^Started ' || true")
     assert starts.strip() == "1"
     reply = https_get(SERVER, 8448, "/_matrix/federation/v1/version", ca_file=info["ca_file"], dns_server=info["dns"])
