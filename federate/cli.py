@@ -105,6 +105,31 @@ def schema_command(args) -> int:
     return 0
 
 
+def add_synapse_lock_parser(subparsers) -> None:
+    from federate.deploy.debian import RELEASES
+
+    pythons = sorted({r.python for r in RELEASES.values()})
+    parser = subparsers.add_parser(
+        "synapse-lock", help="pin and hash Synapse and its dependencies for a synapse_version (needs uv)")
+    parser.add_argument("version", metavar="VERSION", help="the matrix-synapse version (synapse_version)")
+    parser.add_argument("--python", action="append", metavar="X.Y",
+                        help=f"a Python to lock for, repeatable (default: {' and '.join(pythons)}, "
+                             "the python3 of each supported Debian release)")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="where to write the locks (default: federate's "
+                        "own lock folder, which the deploy from this install reads)")
+    parser.set_defaults(handler=synapse_lock_command, default_pythons=pythons)
+
+
+def synapse_lock_command(args) -> int:
+    from federate.deploy.locks import LOCK_DIR, make_lock, pins
+
+    for python in args.python or args.default_pythons:
+        path = make_lock(args.version, python, args.out or LOCK_DIR)
+        text = path.read_text()
+        _print(f"{path}: {len(pins(text))} packages, {text.count('--hash=')} hashes, {len(text) // 1024} KiB")
+    return 0
+
+
 # --- federate lab / prove: only with the lab extra ---------------------------------------------
 
 def add_lab_parser(subparsers) -> None:
@@ -201,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_verify_parser(subparsers)
     add_drift_parser(subparsers)
     add_schema_parser(subparsers)
+    add_synapse_lock_parser(subparsers)
     add_lab_parser(subparsers)
     add_prove_parser(subparsers)
     return parser

@@ -44,7 +44,7 @@ def deploy_homeservers() -> None:
         renewed("Synapse")
         database.configure(settings, release)
         dumps.before_version_change(settings)  # schema migrations cannot be undone
-        synapse.install_synapse(settings)
+        synapse.install_synapse(settings, release)
     renewed("the sites")
     proxy.homeserver_sites(chosen_proxy, certificate_ops)
     federation_check.after_deploy(settings)  # last: the federation check from the controller

@@ -118,9 +118,11 @@ def database_ref(settings: HostSettings, hs: Homeserver) -> str:
     return f"postgres:{hs.database_name}" if settings.database == "postgres" else f"sqlite:{sqlite_path(hs)}"
 
 
-def driver_requirements(settings: HostSettings) -> list[str]:
-    """Extra packages for the venv: the PostgreSQL driver as a wheel (nothing to compile)."""
-    return ["psycopg2-binary==2.9.13"] if settings.database == "postgres" else []
+def driver_requirements() -> list[str]:
+    """Extra packages for the venv: the PostgreSQL driver as a wheel (nothing to compile; README,
+    "Pinned dependencies", says why not psycopg2 built against Debian's libpq). Locked with
+    Synapse and in every venv, whatever the database, so one lock serves every host."""
+    return ["psycopg2-binary==2.9.13"]
 
 
 @deploy("Database")

@@ -1,8 +1,8 @@
 """The Debian releases the deploy supports; any other system is refused before a change.
 
 What differs between the releases is written here and nowhere else: the PostgreSQL major version
-a fresh host gets (an upgraded host keeps the cluster it has, see database.py) and how nginx is
-told to speak HTTP/2.
+a fresh host gets (an upgraded host keeps the cluster it has, see database.py), how nginx is
+told to speak HTTP/2 and the Python whose lock Synapse's venv is installed from (locks/).
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ class Release:
     codename: str
     postgresql: str  # the major version Debian's `postgresql` package installs
     nginx_http2_on: bool  # nginx >= 1.25.1: `http2 on;` replaces the deprecated `listen ... http2`
+    python: str  # Debian's python3 (major.minor): Synapse's venv runs on it, its lock is made for it
 
 
 RELEASES = {
-    12: Release(12, "bookworm", postgresql="15", nginx_http2_on=False),  # nginx 1.22
-    13: Release(13, "trixie", postgresql="17", nginx_http2_on=True),  # nginx 1.26
+    12: Release(12, "bookworm", postgresql="15", nginx_http2_on=False, python="3.11"),  # nginx 1.22
+    13: Release(13, "trixie", postgresql="17", nginx_http2_on=True, python="3.13"),  # nginx 1.26
 }
 BOOKWORM, TRIXIE = RELEASES[12], RELEASES[13]
 

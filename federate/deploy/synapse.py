@@ -5,23 +5,25 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import deploy
-from pyinfra.operations import files, pip, server, systemd
+from pyinfra.operations import files, server, systemd
 
-from federate.deploy import paths
-from federate.deploy.database import database_config, database_ref, driver_requirements
+from federate.deploy import locks, paths
+from federate.deploy.database import database_config, database_ref
+from federate.deploy.debian import Release
 from federate.deploy.hostscripts import source
 from federate.deploy.templating import render
 from federate.deploy.users import controller_password, matrix_user
-from federate.deploy.venv import (DowngradeVerdict, InstalledSynapse, is_downgrade, owed_before_install,
-                                  venv_consistent, venv_usable)
+from federate.deploy.venv import DowngradeVerdict, InstalledSynapse, is_downgrade, venv_matches, venv_usable
 from federate.pyinfra_ext.files import config_file, file_attributes, generated_once, tree_owned
 from federate.pyinfra_ext.owed import changed_or_owed, pending_marker, settled
 from federate.settings import Homeserver, HostSettings
 
 PACKAGES = ("python3-venv",)  # Synapse itself comes from PyPI into a venv
 SECRET_KEYS = ("registration_shared_secret", "macaroon_secret_key", "form_secret")
+VENV_ROOT = paths.VENV.rsplit("/", 1)[0]
+REQUIREMENTS = f"{VENV_ROOT}/requirements.txt"  # the lock the venv is installed from (root's, 0644)
 
 
 def restart_marker(hs: Homeserver) -> str:
@@ -103,24 +105,35 @@ def downgrade_problem(settings: HostSettings) -> str | None:
     return None
 
 
+def venv_requirements(version: str, release: Release) -> tuple[str, bool]:
+    """(the requirements file for the venv, whether it is a lock): the shipped lock of `version` for
+    the release's Python, or, with a warning on every run, only the top-level pins."""
+    lock = locks.shipped(version, release.python)
+    if lock is not None:
+        return lock, True
+    logger.warning(f"{host.name}: synapse_version {version} has no lock for Python {release.python} (Debian "
+                   f"{release.major}): Synapse's dependencies are not pinned, so hosts deployed at different times "
+                   f"may run different code. Make the lock on this controller: {locks.regenerate_command(version)} "
+                   "(README, 'Pinned dependencies').")
+    return locks.unlocked(version), False
+
+
 @deploy("Synapse")
-def install_synapse(settings: HostSettings):
-    for root in host.loop([paths.CONF_ROOT, paths.DATA_ROOT]):  # root's; each homeserver owns its own dir in it
+def install_synapse(settings: HostSettings, release: Release):
+    # root's; each homeserver owns its own dir in the last two
+    for root in host.loop([VENV_ROOT, paths.CONF_ROOT, paths.DATA_ROOT]):
         files.directory(name=f"{root}: root's", path=root, user="root", group="root", mode="755")
-    requirement = f"matrix-synapse=={settings.synapse_version}"
     restarts = [restart_marker(hs) for hs in settings.homeservers]
     daemon_reload = pending_marker("systemd-daemon-reload")
     removed = venv_usable(name="Remove a venv that no longer runs (an interrupted run, a new Python)", venv=paths.VENV)
-    owed_before_install(name="Note the restarts a new Synapse version owes", venv=paths.VENV,
-                        version=settings.synapse_version, owes=restarts)
-    venv = pip.packages(
-        name=f"matrix-synapse {settings.synapse_version} in {paths.VENV}",
-        packages=[requirement, *driver_requirements(settings)],
-        virtualenv=paths.VENV,
-        virtualenv_kwargs={"venv": True, "python": "python3"},
-    )
-    repaired = venv_consistent(name="Reinstall packages missing from the venv", venv=paths.VENV,
-                               requirement=requirement, owes=restarts)
+    requirements, locked = venv_requirements(settings.synapse_version, release)
+    # A new lock alone restarts nothing: only a venv whose packages change does.
+    config_file(name=f"{REQUIREMENTS}: what matrix-synapse {settings.synapse_version} is installed from",
+                dest=REQUIREMENTS, content=requirements)
+    file_attributes(name=f"{REQUIREMENTS} owner and mode", path=REQUIREMENTS, user="root", group="root", mode="644")
+    venv = venv_matches(name=f"matrix-synapse {settings.synapse_version} in {paths.VENV}", venv=paths.VENV,
+                        requirements=REQUIREMENTS, wanted=locks.pins(requirements, require_hashes=locked),
+                        locked=locked, owes=restarts)
     unit = config_file(name="Templated systemd unit", dest=paths.UNIT_TEMPLATE,
                        content=render("matrix-synapse@.service.j2", paths=paths), owes=[daemon_reload, *restarts])
     files.directory(name="Unit drop-in dir", path=paths.UNIT_DROPIN_DIR, user="root", group="root", mode="755")
@@ -135,7 +148,7 @@ def install_synapse(settings: HostSettings):
                           _if=changed_or_owed([unit, sandbox, *identities.values()], daemon_reload))
     settled(name="Unit reload done", marker=daemon_reload)
     for hs in host.loop(settings.homeservers):
-        _homeserver(settings, hs, changed_before=[removed, venv, repaired, unit, sandbox, identities[hs.server_name]])
+        _homeserver(settings, hs, changed_before=[removed, venv, unit, sandbox, identities[hs.server_name]])
     # Every homeserver has moved to its own user and restarted as it: the shared one goes.
     server.user(name=f"The formerly shared user {paths.LEGACY_USER} removed", user=paths.LEGACY_USER, present=False)
 

@@ -1,13 +1,16 @@
-"""Synapse's virtualenv: facts about it and the repairs an interrupted pip or venv run needs."""
+"""Synapse's virtualenv: facts about it, its install from a lock (locks/) and the repairs an
+interrupted pip or venv run needs."""
 
 from __future__ import annotations
 
 import shlex
 
-from packaging.version import Version
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
 
+from federate.deploy.locks import LOCKED_INSTALL
 from federate.pyinfra_ext.owed import owe
 
 
@@ -64,26 +67,76 @@ class DowngradeVerdict(FactBase):
 @operation()
 def venv_usable(venv: str):
     """A venv whose interpreter or pip does not run is removed, so it is created again.
-    (A cheap fact: the slow pip check and import of VenvState are left to venv_consistent.)"""
+    (A cheap fact: the slow pip check and import of VenvState are left to venv_matches.)"""
     if host.get_fact(VenvBroken, venv=venv):
         yield StringCommand(f"rm -rf {shlex.quote(venv)}")
 
 
-@operation()
-def venv_consistent(venv: str, requirement: str, owes: list[str] = ()):
-    """Reinstall when a package of the venv went missing or broken (pip check, import)."""
-    if host.get_fact(VenvState, venv=venv) == "inconsistent":
-        yield from owe(owes)
-        pip = f"{shlex.quote(venv)}/bin/python -m pip"
-        yield StringCommand(f"{pip} install --force-reinstall --no-deps {shlex.quote(requirement)}"
-                            f" && {pip} install {shlex.quote(requirement)}")
+class VenvDistributions(FactBase):
+    """{canonical name: version} of every distribution in a venv; {} when it has none or does not run."""
+
+    SCRIPT = "import importlib.metadata as m\nfor d in m.distributions(): print(d.metadata['Name'], d.version)"
+
+    def command(self, venv: str) -> str:
+        return f"{shlex.quote(venv)}/bin/python -I -c {shlex.quote(self.SCRIPT)} 2>/dev/null || true"
+
+    @staticmethod
+    def default():
+        return {}
+
+    def process(self, output):
+        found = {}
+        for line in output:
+            words = line.split()
+            if len(words) == 2 and words[0] != "None":  # a distribution without metadata has no name
+                found[canonicalize_name(words[0])] = words[1]
+        return found
+
+
+VENV_TOOLS = frozenset({"pip", "setuptools", "wheel"})  # the venv's own; kept unless the lock pins them
+
+
+def venv_differences(wanted: dict[str, str], installed: dict[str, str],
+                     complete: bool) -> tuple[list[str], list[str]]:
+    """(wanted packages missing or at another version, installed packages a complete lock lacks).
+    Names are canonical (packaging's canonicalize_name); versions compare as versions (1.0 == 1.0.0)."""
+    def same(want: str, have: str | None) -> bool:
+        try:
+            return have is not None and Version(want) == Version(have)
+        except InvalidVersion:
+            return want == have
+    wrong = sorted(name for name, version in wanted.items() if not same(version, installed.get(name)))
+    extra = sorted(set(installed) - set(wanted) - VENV_TOOLS) if complete else []
+    return wrong, extra
 
 
 @operation()
-def owed_before_install(venv: str, version: str, owes: list[str]):
-    """Before the venv changes version, note the restarts that change will owe."""
-    if host.get_fact(InstalledSynapse, venv=venv) not in (None, version):
-        yield from owe(owes)
+def venv_matches(venv: str, requirements: str, wanted: dict[str, str], locked: bool, owes: list[str] = ()):
+    """The venv (made with Debian's python3 when absent) holds the packages of `requirements`, a
+    file on the host: with a lock (`locked`) exactly its packages, each file checked against its
+    hashes, and packages the lock lacks removed; without one, its top-level pins. pip runs only
+    when a package is missing or at another version, or when pip check or Synapse's import fails
+    (with every version right: all reinstalled), so a converged venv costs two facts. `owes` (the
+    restarts) is written before the venv changes."""
+    state = host.get_fact(VenvState, venv=venv)
+    installed = host.get_fact(VenvDistributions, venv=venv) if state in ("ok", "inconsistent") else {}
+    wrong, extra = venv_differences(wanted, installed, complete=locked)
+    if state == "ok" and not wrong and not extra:
+        return
+    yield from owe(owes)
+    v, r = shlex.quote(venv), shlex.quote(requirements)
+    if state not in ("ok", "inconsistent"):  # absent (or broken: venv_usable removes it first)
+        yield StringCommand(f"rm -rf {v} && python3 -m venv {v}")
+    pip = f"{v}/bin/python -m pip --disable-pip-version-check"
+    reinstall = state == "inconsistent" and not wrong and not extra  # files of a package broken
+    if locked:
+        yield StringCommand(f"{pip} install {LOCKED_INSTALL}{' --force-reinstall' * reinstall} -r {r}")
+        if extra:
+            yield StringCommand(f"{pip} uninstall -y " + " ".join(extra))
+    else:
+        if reinstall:
+            yield StringCommand(f"{pip} install --force-reinstall --no-deps -r {r}")
+        yield StringCommand(f"{pip} install -r {r}")
 
 
 def is_downgrade(wanted: str, installed: str | None) -> bool:

@@ -69,8 +69,12 @@ TAMPERS = {
                                  {"Sandbox of every homeserver", "Reload systemd units", "Unit reload done",
                                   "{name}: restart on change", "{name}: restart done"}),
     "package missing from the venv": ("/opt/matrix-synapse/venv/bin/python -m pip uninstall -q -y attrs",
-                                      {"Reinstall packages missing", "{name}: restart on change",
+                                      {" in /opt/matrix-synapse/venv", "{name}: restart on change",
                                        "{name}: restart done"}),
+    # back to the lock's version, and the package installed by hand removed
+    "package downgraded and one added in the venv": (
+        "/opt/matrix-synapse/venv/bin/python -m pip install -q --no-deps attrs==25.4.0 tomli==2.0.1",
+        {" in /opt/matrix-synapse/venv", "{name}: restart on change", "{name}: restart done"}),
 }
 
 

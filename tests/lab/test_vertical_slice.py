@@ -9,7 +9,12 @@ import yaml
 from federate.lab import prove
 from federate.checker.http import https_get
 
-from federate.lab.runner import run_deploy
+from packaging.utils import canonicalize_name
+
+from federate.deploy import locks
+from federate.deploy.debian import BOOKWORM, TRIXIE
+from federate.host_data import SYNAPSE_VERSION
+from federate.lab.runner import assert_converged, run_deploy, write_inventory
 from conftest import open_ports
 
 pytestmark = pytest.mark.lab
@@ -64,6 +69,45 @@ def test_services_and_file_modes(deployed):
 
 def test_second_run_changes_nothing(deployed):
     deployed.noop_rerun()
+
+
+def venv_packages(deployed, host: str) -> dict[str, str]:
+    """{canonical name: version} of Synapse's venv, as pip freeze sees it (pip itself left out)."""
+    frozen = deployed.ssh(host, "/opt/matrix-synapse/venv/bin/python -m pip freeze --all --exclude pip").stdout
+    return {canonicalize_name(n): v for n, v in (line.split("==") for line in frozen.split())}
+
+
+@pytest.mark.parametrize("host, release", [("hs1", BOOKWORM), ("hs2", TRIXIE)], ids=["debian12", "debian13"])
+def test_the_venv_holds_exactly_the_lock_of_its_python(deployed, host, release):
+    """Both releases' venvs: every package at the version the shipped lock pins, nothing else, and
+    the lock itself on the host beside the venv (README, 'Pinned dependencies')."""
+    lock = locks.shipped(SYNAPSE_VERSION, release.python)
+    assert deployed.ssh(host, "/opt/matrix-synapse/venv/bin/python -V").stdout.startswith(f"Python {release.python}.")
+    assert deployed.ssh(host, "cat /opt/matrix-synapse/requirements.txt").stdout == lock
+    assert venv_packages(deployed, host) == locks.pins(lock)
+    # the PostgreSQL driver is the locked binary wheel, with its own libpq
+    libpq = deployed.ssh(host, "/opt/matrix-synapse/venv/bin/python -c "
+                               "'import psycopg2; print(psycopg2.__libpq_version__)'").stdout
+    assert int(libpq) >= 170000, libpq
+
+
+def test_a_version_without_a_lock_warns_and_its_lock_is_installed_again(deployed, tmp_path):
+    """No lock for 1.163.1: the run warns, names the command, installs the top-level pins; back on
+    the default version, the venv is exactly its lock again. Each state converges."""
+    def older(hosts):
+        dict(hosts)["hs2"]["synapse_version"] = "1.163.1"
+    for inventory, version in ((write_inventory(tmp_path / "inventory.py", deployed.inventory, older), "1.163.1"),
+                               (deployed.inventory, SYNAPSE_VERSION)):
+        result = run_deploy(inventory, "--json")
+        assert result.returncode == 0, result.stderr[-3000:]
+        if version == "1.163.1":
+            assert f"hs2: synapse_version 1.163.1 has no lock for Python {TRIXIE.python}" in result.stderr
+            assert "federate synapse-lock 1.163.1" in result.stderr
+        else:
+            assert "has no lock" not in result.stderr
+        assert venv_packages(deployed, "hs2")["matrix-synapse"] == version
+        assert_converged(inventory)
+    assert venv_packages(deployed, "hs2") == locks.pins(locks.shipped(SYNAPSE_VERSION, TRIXIE.python))
 
 
 def test_signing_key_survives_a_rerun(deployed):

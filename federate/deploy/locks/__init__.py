@@ -1,0 +1,158 @@
+"""Locks: Synapse and every package it needs, pinned (==) and hashed, one file per Synapse version
+and Python (`synapse-<version>-py<python>.txt` in this folder, package data).
+
+A host's venv is installed from the lock of its `synapse_version` for its Debian's python3
+(`pip install --require-hashes --no-deps --only-binary :all: -r LOCK`), so two hosts deployed a
+month apart run the same code, and a file that differs from the one locked is refused by pip.
+`federate synapse-lock VERSION` makes the locks for a new version with uv, from the package index
+the controller's pip uses (read at run time; no index is written into a lock).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
+from federate.deploy.database import driver_requirements
+
+LOCK_DIR = Path(__file__).parent
+# Only the locked files, nothing resolved on the host, nothing built there (a build would fetch
+# unhashed build tools).
+LOCKED_INSTALL = "--require-hashes --no-deps --only-binary :all:"
+PLATFORM = "linux"  # uv's name for x86_64 Linux; every file of each pinned version is hashed, so arm64 matches too
+
+
+def lock_name(version: str, python: str) -> str:
+    return f"synapse-{version}-py{python}.txt"
+
+
+def requirements(version: str) -> list[str]:
+    """What a lock pins with all its dependencies: Synapse and the PostgreSQL driver."""
+    return [f"matrix-synapse=={version}", *driver_requirements()]
+
+
+def regenerate_command(version: str, python: str | None = None) -> str:
+    return f"federate synapse-lock {version}" + (f" --python {python}" if python else "")
+
+
+def shipped(version: str, python: str, directory: Path = LOCK_DIR) -> str | None:
+    """The lock's text, or None when there is none for this version and Python."""
+    path = directory / lock_name(version, python)
+    return path.read_text() if path.is_file() else None
+
+
+def unlocked(version: str) -> str:
+    """The requirements file used without a lock: only the top-level pins (dependencies float)."""
+    return (f"# No lock for matrix-synapse {version}: its dependencies are whatever the index has today.\n"
+            f"# Make one on the controller: {regenerate_command(version)}\n"
+            + "".join(f"{r}\n" for r in requirements(version)))
+
+
+def _logical_lines(text: str) -> list[str]:
+    """A requirements file's lines with continuations joined and comments dropped."""
+    lines, current = [], ""
+    for raw in text.splitlines():
+        line = re.sub(r"(^|\s)#.*$", "", raw).rstrip()
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        current += line
+        if current.strip():
+            lines.append(current.strip())
+        current = ""
+    if current.strip():
+        lines.append(current.strip())
+    return lines
+
+
+def pins(text: str, require_hashes: bool = True) -> dict[str, str]:
+    """{canonical name: version} of a requirements text whose every line is `name==version`
+    (with `--hash=sha256:...` options when `require_hashes`); ValueError names the first line
+    that is not. A lock holds no URL: it would name an index or a file outside the lock."""
+    if "://" in text:
+        raise ValueError("a lock names no URL (index, file or VCS)")
+    found = {}
+    for line in _logical_lines(text):
+        words = line.split()
+        hashes = [w for w in words if w.startswith("--hash=sha256:")]
+        spec = " ".join(w for w in words if not w.startswith("--hash="))
+        try:
+            requirement = Requirement(spec)
+        except InvalidRequirement as error:
+            raise ValueError(f"not a requirement: {line[:80]!r} ({error})") from None
+        specifiers = list(requirement.specifier)
+        if len(specifiers) != 1 or specifiers[0].operator != "==" or "*" in specifiers[0].version:
+            raise ValueError(f"{requirement.name}: not pinned with == ({spec!r})")
+        if require_hashes and not hashes:
+            raise ValueError(f"{requirement.name}: no --hash=sha256:")
+        if requirement.marker is not None or requirement.url or requirement.extras:
+            raise ValueError(f"{requirement.name}: markers, URLs and extras have no place in a lock ({spec!r})")
+        found[canonicalize_name(requirement.name)] = specifiers[0].version
+    if not found:
+        raise ValueError("no requirement")
+    return found
+
+
+# --- making locks: `federate synapse-lock` -----------------------------------------------------
+
+def _uv() -> str:
+    try:
+        from uv import find_uv_bin  # the uv package from the index, as in the test extra
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("uv")
+    if not found:
+        raise RuntimeError("federate synapse-lock needs uv: pip install uv")
+    return found
+
+
+def _index_options() -> list[str]:
+    """The network indexes of the controller's pip (its config files and PIP_* variables); none
+    means uv's default, which is pip's. file:// indexes, find-links and constraints of this
+    machine mean nothing on a host and stay out."""
+    from federate.lab.sources import controller_pip_indexes  # stdlib only, no lab extra needed
+
+    indexes = controller_pip_indexes()
+    options = ["--index-url", indexes.index_url] if indexes.index_url else []
+    for url in indexes.extra_index_urls:
+        options += ["--extra-index-url", url]
+    return options
+
+
+def header(version: str, python: str) -> str:
+    return (f"# matrix-synapse {version} and every package it needs, for CPython {python} on Linux: each pinned,\n"
+            f"# each file hashed. federate installs it with pip install {LOCKED_INSTALL} -r <this file>.\n"
+            f"# Made (again) by: {regenerate_command(version, python)}\n")
+
+
+def make_lock(version: str, python: str, out_dir: Path = LOCK_DIR) -> Path:
+    """Resolve and hash the lock of `version` for `python` into out_dir (an existing lock's pins are
+    kept where they still fit: delete it to resolve afresh)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / lock_name(version, python)
+    with tempfile.TemporaryDirectory() as work:
+        output = Path(work) / target.name
+        if target.exists():
+            shutil.copyfile(target, output)  # uv prefers the versions already in its output file
+        command = [_uv(), "pip", "compile", "-", "--output-file", str(output), "--quiet", "--no-config",
+                   "--generate-hashes", "--no-header", "--only-binary", ":all:",
+                   "--python-version", python, "--python-platform", PLATFORM, *_index_options()]
+        result = subprocess.run(command, input="\n".join(requirements(version)) + "\n", text=True,
+                                capture_output=True, timeout=600, env={**os.environ, "UV_NO_PROGRESS": "1"})
+        if result.returncode != 0:
+            raise RuntimeError(f"uv could not lock matrix-synapse {version} for Python {python}:\n"
+                               f"{result.stderr.strip()[-3000:]}")
+        text = header(version, python) + output.read_text()
+    pins(text)  # pinned and hashed, no URL, or no file
+    partial = target.with_name(f".{target.name}.tmp")
+    partial.write_text(text)
+    partial.replace(target)
+    return target

@@ -1,0 +1,169 @@
+"""Synapse's locks: shipped for the default version on every supported Python, every package
+pinned and hashed; the deploy installs a host's venv from the lock of its release's Python and
+only when the venv differs from it; `federate synapse-lock` makes the same lock again."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import pytest
+from packaging.utils import canonicalize_name
+from pyinfra.context import ctx_host
+
+from federate.cli import build_parser
+from federate.deploy import locks, synapse
+from federate.deploy.database import driver_requirements
+from federate.deploy.debian import BOOKWORM, RELEASES, TRIXIE
+from federate.deploy.venv import VenvDistributions, VenvState, venv_differences, venv_matches
+from federate.host_data import SYNAPSE_VERSION
+from test_pyinfra_ext import FakeHost, commands, fact
+
+PYTHONS = sorted({r.python for r in RELEASES.values()})
+VENV, REQS = "/opt/matrix-synapse/venv", "/opt/matrix-synapse/requirements.txt"
+PIP = f"{VENV}/bin/python -m pip --disable-pip-version-check"
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_the_default_version_ships_a_lock_for_each_release_python(python):
+    text = locks.shipped(SYNAPSE_VERSION, python)
+    assert text is not None, f"no lock: run {locks.regenerate_command(SYNAPSE_VERSION, python)}"
+    pins = locks.pins(text)  # every requirement pinned with == and hashed, no URL
+    assert pins["matrix-synapse"] == SYNAPSE_VERSION
+    driver, version = driver_requirements()[0].split("==")
+    assert pins[canonicalize_name(driver)] == version
+    assert len(pins) > 30  # Twisted, cryptography, ... : the whole tree, not the two top-level pins
+    assert f"CPython {python}" in text and locks.regenerate_command(SYNAPSE_VERSION, python) in text
+    for option in ("--index-url", "--extra-index-url", "--find-links", "--trusted-host", "-e "):
+        assert option not in text  # nothing of the machine that made it
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_every_line_of_a_lock_is_a_pin_a_hash_or_a_comment(python):
+    text = locks.shipped(SYNAPSE_VERSION, python)
+    for line in text.splitlines():
+        stripped = line.strip()
+        assert (stripped.startswith("#") or stripped.startswith("--hash=sha256:")
+                or (not line.startswith(" ") and "==" in stripped and stripped.endswith("\\"))), line
+
+
+@pytest.mark.parametrize("text, why", [
+    ("matrix-synapse>=1.0 --hash=sha256:00\n", "not pinned"),
+    ("matrix-synapse==1.0\n", "no --hash"),
+    ("twisted==24.1 \\\n  --hash=sha256:00\nidna\n", "idna: not pinned"),
+    ("foo @ https://example.invalid/foo.whl --hash=sha256:00\n", "URL"),
+    ("foo==1 ; python_version < '3.12' --hash=sha256:00\n", "markers"),
+    ("# only a comment\n", "no requirement"),
+])
+def test_pins_refuse_what_is_not_a_lock(text, why):
+    with pytest.raises(ValueError, match=why):
+        locks.pins(text)
+
+
+def test_pins_of_a_lock_and_of_the_plain_pins():
+    text = "Twisted==24.11.0 \\\n    --hash=sha256:aa \\\n    --hash=sha256:bb\n    # via matrix-synapse\nzope.interface==7.2 --hash=sha256:cc\n"
+    assert locks.pins(text) == {"twisted": "24.11.0", "zope-interface": "7.2"}
+    plain = locks.unlocked("1.200.0")
+    assert locks.pins(plain, require_hashes=False) == {"matrix-synapse": "1.200.0", "psycopg2-binary": "2.9.13"}
+    assert "federate synapse-lock 1.200.0" in plain
+
+
+class NamedHost(FakeHost):
+    name = "hs9"
+
+
+def test_the_deploy_picks_the_lock_of_the_release_python():
+    for release in (BOOKWORM, TRIXIE):
+        text, locked = synapse.venv_requirements(SYNAPSE_VERSION, release)
+        assert locked and text == locks.shipped(SYNAPSE_VERSION, release.python)
+        assert f"CPython {release.python}" in text
+
+
+def test_without_a_lock_the_deploy_warns_and_pins_only_the_top_level(caplog):
+    with ctx_host.use(NamedHost({})), caplog.at_level(logging.WARNING):
+        text, locked = synapse.venv_requirements("1.0.0", TRIXIE)
+    assert not locked and text == locks.unlocked("1.0.0")
+    warning = caplog.text
+    assert "hs9: synapse_version 1.0.0 has no lock for Python 3.13" in warning
+    assert "federate synapse-lock 1.0.0" in warning
+
+
+# --- venv_matches: facts in, commands out ---------------------------------------------------------
+
+def venv_facts(state: str, installed: dict | None = None) -> dict:
+    return {**fact(VenvState, state, venv=VENV), **fact(VenvDistributions, installed or {}, venv=VENV)}
+
+
+LOCK = {"matrix-synapse": "1.163.2", "attrs": "26.1.0", "setuptools": "84.2.1"}
+RESTART = "/var/lib/federate/pending/restart-x"
+OWE = f"mkdir -p /var/lib/federate/pending && touch {RESTART}"
+INSTALL = f"{PIP} install --require-hashes --no-deps --only-binary :all: -r {REQS}"
+
+
+def venv_commands(state, installed=None, wanted=LOCK, locked=True):
+    return commands(venv_matches, venv_facts(state, installed), venv=VENV, requirements=REQS, wanted=wanted,
+                    locked=locked, owes=[RESTART])
+
+
+def test_a_venv_that_matches_its_lock_is_left_alone():
+    # pip and wheel come with the venv; versions compare as versions
+    assert venv_commands("ok", {**LOCK, "attrs": "26.1", "pip": "23.0.1", "wheel": "0.45"}) == []
+
+
+def test_a_missing_venv_is_made_with_debian_python_and_filled_from_the_lock():
+    assert venv_commands("absent") == [OWE, f"rm -rf {VENV} && python3 -m venv {VENV}", INSTALL]
+
+
+def test_a_package_at_another_version_or_missing_is_installed_from_the_lock():
+    assert venv_commands("ok", {**LOCK, "attrs": "25.4.0"}) == [OWE, INSTALL]
+    missing = {k: v for k, v in LOCK.items() if k != "attrs"}
+    assert venv_commands("inconsistent", missing) == [OWE, INSTALL]  # pip check fails: attrs is gone
+
+
+def test_packages_the_lock_lacks_are_removed():
+    assert venv_commands("ok", {**LOCK, "six": "1.17.0", "frozendict": "2.4"}) == [
+        OWE, INSTALL, f"{PIP} uninstall -y frozendict six"]
+
+
+def test_an_inconsistent_venv_with_the_right_versions_is_reinstalled():
+    assert venv_commands("inconsistent", LOCK) == [OWE, INSTALL.replace(" -r", " --force-reinstall -r")]
+
+
+def test_without_a_lock_only_the_top_level_pins_count():
+    pins = {"matrix-synapse": "1.200.0", "psycopg2-binary": "2.9.13"}
+    assert venv_commands("ok", {**pins, "six": "1.0"}, wanted=pins, locked=False) == []
+    assert venv_commands("ok", {"matrix-synapse": "1.163.2", "psycopg2-binary": "2.9.13"}, wanted=pins,
+                         locked=False) == [OWE, f"{PIP} install -r {REQS}"]
+
+
+def test_venv_differences():
+    assert venv_differences({"a": "1.0"}, {"a": "1"}, complete=True) == ([], [])
+    assert venv_differences({"a": "1.0", "b": "2"}, {"a": "1.1", "c": "3", "pip": "25"}, complete=True) == (
+        ["a", "b"], ["c"])
+    assert venv_differences({"a": "1.0"}, {"c": "3"}, complete=False) == (["a"], [])
+
+
+def test_the_venv_distributions_fact_names_are_canonical():
+    assert VenvDistributions().process(["PyYAML 6.0.4", "zope.interface 8.7", "None 1.0", ""]) == {
+        "pyyaml": "6.0.4", "zope-interface": "8.7"}
+
+
+# --- federate synapse-lock: the real command, from the index the controller's pip uses -------------
+
+def test_synapse_lock_makes_the_shipped_lock_again(tmp_path, capsys):
+    """Run with the shipped lock in place (as when it is regenerated in the repository): the same
+    pins come out, each hashed, with nothing of this machine in the file."""
+    python = PYTHONS[0]
+    name = locks.lock_name(SYNAPSE_VERSION, python)
+    shutil.copyfile(locks.LOCK_DIR / name, tmp_path / name)
+    args = build_parser().parse_args(["synapse-lock", SYNAPSE_VERSION, "--python", python, "--out", str(tmp_path)])
+    assert args.handler(args) == 0
+    made = (tmp_path / name).read_text()
+    assert locks.pins(made) == locks.pins(locks.shipped(SYNAPSE_VERSION, python))
+    assert made.splitlines()[:3] == locks.header(SYNAPSE_VERSION, python).splitlines()
+    assert f"{tmp_path / name}: " in capsys.readouterr().out
+
+
+def test_synapse_lock_defaults_to_every_release_python_and_federate_own_folder():
+    args = build_parser().parse_args(["synapse-lock", "1.200.0"])
+    assert args.python is None and args.default_pythons == PYTHONS == ["3.11", "3.13"] and args.out is None
