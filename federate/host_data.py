@@ -172,6 +172,29 @@ class LockData(_Section):
                       "at once)")
 
 
+def _ssh_range(value: str) -> str:
+    """An address or CIDR range, in the form ufw prints it (a single address without /32 or /128)."""
+    try:
+        network = ipaddress.ip_network(value)
+    except ValueError:
+        try:
+            loose = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"must be an address or CIDR range such as '192.0.2.0/24', got {value!r}") from None
+        raise ValueError(f"has host bits set: did you mean {str(loose)!r}? got {value!r}") from None
+    if network.prefixlen == 0:
+        raise ValueError(f"{value!r} trusts every address: set ssh.rate_limit: false instead")
+    return str(network.network_address) if network.prefixlen == network.max_prefixlen else str(network)
+
+
+class SshData(_Section):
+    """The firewall's limit on new SSH connections (ufw `limit`, an nftables meter)."""
+    rate_limit: bool = Field(True, description="refuse new SSH connections from a source address beyond 5 at "
+                             "once and then one per 6 seconds; established sessions are never cut")
+    trusted_ranges: list[Annotated[str, AfterValidator(_ssh_range)]] = Field(
+        [], description="addresses or CIDR ranges exempt from the limit (an admin VPN, a CI runner)")
+
+
 class KeyServerData(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True, frozen=True)  # Synapse's own keys pass through
     server_name: ServerName
@@ -200,6 +223,7 @@ class HostData(_Section):
                                                      "relative to the inventory file")
     verify: VerifyData = Field(VerifyData(), description="the federation check after each deploy")
     lock: LockData = Field(LockData(), description="one run at a time per host: the deploy lock's lease")
+    ssh: SshData = Field(SshData(), description="the firewall's rate limit on new SSH connections")
 
 
 def defaults() -> dict[str, Any]:
@@ -235,7 +259,9 @@ EXPECTED = {"homeservers": "a list of homeserver mappings", "delegations": "a li
             "ranges", "client_allow_ranges": "a list of CIDR ranges", "trusted_key_servers": "a list of "
             "{server_name, verify_keys} entries", "synapse_extra": "a mapping of extra homeserver.yaml keys",
             "tls": "a mapping with 'mode'", "verify": "a mapping such as {'after_deploy': true}",
-            "certificates": "a mapping of certificate name -> {cert, key}", "port": "a port number"}
+            "certificates": "a mapping of certificate name -> {cert, key}", "port": "a port number",
+            "ssh": "a mapping with 'rate_limit' and 'trusted_ranges'",
+            "trusted_ranges": "a list of addresses or CIDR ranges"}
 
 
 def field_path(loc: tuple) -> str:

@@ -21,10 +21,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
-from federate.host_data import (LETS_ENCRYPT, HomeserverData, HostData, TlsData, defaults,
+from federate.host_data import (LETS_ENCRYPT, HomeserverData, HostData, SshData, TlsData, defaults,
                                 first_problem, ours, server_name_problem)
 
-__all__ = ["DEFAULTS", "LETS_ENCRYPT", "Delegation", "Homeserver", "HostSettings", "Lock", "SettingsError", "Tls",
+__all__ = ["DEFAULTS", "LETS_ENCRYPT", "Delegation", "Homeserver", "HostSettings", "Lock", "SettingsError", "Ssh", "Tls",
            "User", "Verify", "certificate_names", "host_settings", "inventory_settings", "server_name_problem"]
 
 # The library's defaults for host data: an inventory with no group_data gets these. Override
@@ -196,6 +196,13 @@ class Lock:
 
 
 @dataclass(frozen=True)
+class Ssh:
+    """The firewall's limit on new SSH connections per source address (README, "SSH")."""
+    rate_limit: bool = True
+    trusted_ranges: tuple[str, ...] = ()  # exempt from the limit; ufw's form (an address without /32)
+
+
+@dataclass(frozen=True)
 class HostSettings:
     host: str
     homeservers: tuple[Homeserver, ...]
@@ -211,6 +218,7 @@ class HostSettings:
     secrets_dir: str  # absolute, on the controller: generated user passwords, mode 0600
     verify: Verify
     lock: Lock
+    ssh: Ssh = Ssh()
 
 
 # ---------------------------------------------------------------- checks across fields
@@ -395,12 +403,21 @@ def _ssh_port(host: str, data: Mapping[str, Any]) -> int:
     return port
 
 
+def _ssh_near_misses(host: str, data: Mapping[str, Any]):
+    """`ssh_rate_limit` and the like look like pyinfra's keys, which are not checked: name the right one."""
+    for key in data:
+        if str(key).startswith("ssh_") and key[len("ssh_"):] in SshData.model_fields:
+            _fail(host, key, f"is not a pyinfra key and would be ignored: did you mean "
+                  f"ssh: {{'{key[len('ssh_'):]}': ...}}?")
+
+
 def host_settings(host: str, data: Mapping[str, Any], base_dir: str | Path = ".") -> HostSettings:
     """Validate one host's data (inventory + group_data merged) into HostSettings. The library's
     defaults fill what the data leaves out; relative controller paths (secrets_dir, provided
     certificates) are relative to `base_dir`, the inventory file's folder."""
     base_dir = Path(base_dir)
     ssh_port = _ssh_port(host, data)
+    _ssh_near_misses(host, data)
     if "ip_range_whitelist" in data:
         _fail(host, "ip_range_whitelist", "is set per homeserver now (homeservers[N].ip_range_whitelist), so an "
               "openly federating homeserver is not let into the private ranges its internal neighbour needs: "
@@ -437,6 +454,7 @@ def host_settings(host: str, data: Mapping[str, Any], base_dir: str | Path = "."
         secrets_dir=str((base_dir / raw.secrets_dir).absolute()),
         verify=Verify(raw.verify.after_deploy, raw.verify.dns_server, raw.verify.ca_file, raw.verify.timeout),
         lock=Lock(raw.lock.lease, raw.lock.wait),
+        ssh=Ssh(raw.ssh.rate_limit, tuple(dict.fromkeys(raw.ssh.trusted_ranges))),
     )
 
 

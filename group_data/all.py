@@ -9,3 +9,4 @@
 # database = "sqlite"           # default postgres
 # tls = {"mode": "acme", "email": "hostmaster@example.com"}   # default: Let's Encrypt, no e-mail
 # max_upload_size = "100M"      # default 50M
+# ssh = {"rate_limit": True, "trusted_ranges": ["198.51.100.0/24"]}   # default: limit on, nobody exempt

@@ -113,6 +113,9 @@ def inventory_hosts(topology: dict, addresses: dict[str, str], *, ssh_key: Path,
             "secrets_dir": str(secrets_dir),  # user passwords stay with this lab's state
             # the after-deploy federation check asks the lab DNS and trusts the lab CAs
             "verify": {"dns_server": bridge_ip, "ca_file": str(ca_file.absolute())},
+            # the controller (tests, `federate lab status`) opens many SSH connections in a row:
+            # exempt from the firewall's SSH rate limit, which still holds for everyone else
+            "ssh": {"rate_limit": True, "trusted_ranges": [bridge_ip]},
         }
         data.update(copy.deepcopy(spec.get("host_data", {})))  # optional per-host overrides
         hosts.append((host, data))

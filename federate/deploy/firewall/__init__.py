@@ -1,6 +1,8 @@
 """The host firewall, one strategy per host: ufw or nftables. Incoming is denied except SSH (the
-port the deploy uses), 80, 443 and 8448. On a switch the chosen firewall (which keeps SSH open)
-goes live first; only then is the other one removed."""
+port the deploy uses), 80, 443 and 8448. New SSH connections are rate limited per source address
+(settings `ssh`), except from trusted ranges; established ones, the deploy's own, never count.
+On a switch the chosen firewall (which keeps SSH open) goes live first; only then is the other one
+removed."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ comparing the live table with what the file makes; removed when ufw takes over."
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
 
 from pyinfra import host
@@ -17,22 +18,28 @@ NFTABLES_CONF = "/etc/nftables.conf"
 NFT_TABLE = "inet federate"
 
 
-def render_nftables_conf(ssh_port: int) -> str:
-    return render("nftables.conf.j2", ssh_port=ssh_port, web_ports=[p for p in WEB_PORTS if p != ssh_port])
+def render_nftables_conf(ssh_port: int, rate_limit: bool = True, trusted_ranges=()) -> str:
+    """The policy; with `rate_limit`, new SSH connections are limited per source address except
+    from `trusted_ranges` (addresses or CIDR ranges, IPv4 and IPv6)."""
+    trusted = list(trusted_ranges) if rate_limit else []
+    return render("nftables.conf.j2", ssh_port=ssh_port, web_ports=[p for p in WEB_PORTS if p != ssh_port],
+                  rate_limit=rate_limit, trusted4=[r for r in trusted if ipaddress.ip_network(r).version == 4],
+                  trusted6=[r for r in trusted if ipaddress.ip_network(r).version == 6])
 
 
 class NftablesLive(FactBase):
     """'same' when the live federate table is what `path` makes, 'differs' otherwise.
 
     What the file makes is read back from a scratch network namespace, so both sides are nft's
-    own listing and any drift (a deleted rule, a removed table) shows.
+    own listing and any drift (a deleted rule, a removed table) shows. Listed with `-t` (no set
+    contents): the SSH meters fill with the addresses of whoever connects, which is no drift.
     """
 
     requires_command = "nft"
 
     def command(self, path: str) -> str:
-        load = shlex.quote(f"nft -f {shlex.quote(path)} && nft list table {NFT_TABLE}")
-        return (f"live=$(nft list table {NFT_TABLE} 2>/dev/null); "
+        load = shlex.quote(f"nft -f {shlex.quote(path)} && nft -t list table {NFT_TABLE}")
+        return (f"live=$(nft -t list table {NFT_TABLE} 2>/dev/null); "
                 f"want=$(unshare -n sh -c {load} 2>/dev/null); "
                 '[ -n "$want" ] && [ "$live" = "$want" ] && echo same || echo differs')
 
@@ -79,7 +86,9 @@ class Nftables(Firewall):
 
     def apply(self, settings):
         config_file(name="nftables.conf", dest=NFTABLES_CONF, mode="755",
-                    content=render_nftables_conf(settings.ssh_port), check="nft -c -f {path}")
+                    content=render_nftables_conf(settings.ssh_port, settings.ssh.rate_limit,
+                                                 settings.ssh.trusted_ranges),
+                    check="nft -c -f {path}")
         file_attributes(name="nftables.conf owner and mode", path=NFTABLES_CONF, user="root", group="root",
                         mode="755")
         nftables_live(name=f"nftables: allow only SSH ({settings.ssh_port}), 80, 443, 8448",

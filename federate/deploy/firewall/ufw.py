@@ -1,7 +1,10 @@
-"""ufw: incoming denied except SSH, 80, 443 and 8448; turned off without a trace when nftables takes over."""
+"""ufw: incoming denied except SSH, 80, 443 and 8448; turned off without a trace when nftables takes over.
+
+SSH is `limit`ed (ufw refuses a source's 6th new connection within 30 seconds), except from the
+trusted ranges, whose `allow` rules must come first in their chain: ufw stops at the first rule
+that matches, so a trusted rule after the `limit` would never be reached."""
 
 from __future__ import annotations
-
 
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
@@ -11,21 +14,24 @@ from federate.deploy.firewall import WEB_PORTS, Firewall
 
 
 class UfwState(FactBase):
-    """ufw's enabled state, default incoming policy and added rules (known even when inactive)."""
+    """ufw's enabled state, default incoming policy, added rules (known even when inactive) and
+    the order of the rules in each chain (`order`: {"v4": [rule, ...], "v6": [...]}, each rule in
+    `ufw show added` form, None for one of another shape)."""
 
     requires_command = "ufw"
 
     def command(self) -> str:
         return ("ufw status | head -n 1; "
                 "grep '^DEFAULT_INPUT_POLICY=' /etc/default/ufw; "
-                "ufw show added")
+                "ufw show added; "
+                "for f in user user6; do sed -n \"s/^### tuple ### /$f /p\" /etc/ufw/$f.rules 2>/dev/null; done; true")
 
     @staticmethod
     def default():
-        return {"active": False, "incoming": None, "rules": []}
+        return {"active": False, "incoming": None, "rules": [], "order": {"v4": [], "v6": []}}
 
     def process(self, output):
-        state = {"active": False, "incoming": None, "rules": []}
+        state = self.default()
         for line in output:
             line = line.strip()
             if line.startswith("Status:"):
@@ -34,24 +40,92 @@ class UfwState(FactBase):
                 state["incoming"] = line.split("=", 1)[1].strip('"')
             elif line.startswith("ufw "):
                 state["rules"].append(line[len("ufw "):])
+            elif line.startswith(("user ", "user6 ")):
+                family, _, rule_tuple = line.partition(" ")
+                state["order"]["v4" if family == "user" else "v6"].append(rule_of_tuple(rule_tuple))
         return state
 
 
-def wanted_rules(ssh_port: int) -> list[str]:
-    """ufw rules in `ufw show added` form; SSH first so it is open before anything is denied."""
-    return [f"allow {port}/tcp" for port in (ssh_port, *WEB_PORTS)]
+ANYWHERE = ("0.0.0.0/0", "::/0")
+
+
+def rule_of_tuple(rule_tuple: str) -> str | None:
+    """A rule of ufw's rules files (`### tuple ### ACTION PROTO DPORT DST SPORT SRC DIRECTION`) in
+    `ufw show added` form; None for a shape federate never writes (an interface, a comment, ...)."""
+    fields = rule_tuple.split()
+    if len(fields) != 7:
+        return None
+    action, proto, dport, dst, sport, src, direction = fields
+    if dst not in ANYWHERE or sport != "any" or direction != "in" or dport == "any" or proto != "tcp":
+        return None
+    if src in ANYWHERE:
+        return f"{action} {dport}/{proto}"
+    return f"{action} from {src} to any port {dport} proto {proto}"
+
+
+def wanted_rules(ssh_port: int, rate_limit: bool = True, trusted_ranges=()) -> tuple[list[str], list[str]]:
+    """(first, rules) in `ufw show added` form: `first` must lead their chain (the trusted
+    ranges, ahead of the limit); then SSH (limited or not), so it is open before anything is
+    denied, then the web ports."""
+    first = [f"allow from {r} to any port {ssh_port} proto tcp" for r in trusted_ranges] if rate_limit else []
+    ssh = f"{'limit' if rate_limit else 'allow'} {ssh_port}/tcp"
+    return first, [ssh, *(f"allow {port}/tcp" for port in WEB_PORTS if port != ssh_port)]
+
+
+def _target(rule: str) -> str:
+    """What a rule matches, without its action: ufw updates a rule in place (`Rule updated`) when
+    a new one differs from it only in the action."""
+    return rule.split(" ", 1)[-1]
+
+
+def misplaced(order: dict[str, list[str | None]], first: list[str]) -> list[str]:
+    """The rules of `first` that some other rule precedes in a chain (IPv4 or IPv6)."""
+    late = []
+    for rules in order.values():
+        others_seen = False
+        for rule in rules:
+            if rule not in first:
+                others_seen = True
+            elif others_seen and rule not in late:
+                late.append(rule)
+    return [rule for rule in first if rule in late]
+
+
+def policy_commands(state: dict, first: list[str], rules: list[str]) -> list[str]:
+    """The ufw commands that turn `state` (UfwState) into exactly `first` + `rules`, SSH never closed.
+
+    A wanted rule that differs from a present one only in its action (`allow 22/tcp` ->
+    `limit 22/tcp`) replaces it in place, so the port stays open throughout; a trusted rule behind
+    another rule (or present with another action) is deleted and prepended again.
+    """
+    present, commands = state["rules"], []
+    late = misplaced(state["order"], first)
+    for rule in first:
+        clash = [p for p in present if p != rule and _target(p) == _target(rule)]
+        for old in [*clash, *([rule] if rule in late else [])]:
+            commands.append(f"ufw delete {old}")
+    for rule in reversed(first):  # each prepend goes to the top: the last one first keeps the order
+        if rule not in present or rule in late:
+            commands.append(f"ufw prepend {rule}")
+    for rule in rules:
+        if rule not in present:
+            commands.append(f"ufw {rule}")
+    wanted = {*first, *rules}
+    in_place = {_target(rule) for rule in rules}
+    deleted = {c[len("ufw delete "):] for c in commands if c.startswith("ufw delete ")}
+    for rule in present:
+        if rule not in wanted and _target(rule) not in in_place and rule not in deleted:
+            commands.append(f"ufw delete {rule}")
+    return commands
 
 
 @operation()
-def ufw_policy(rules: list[str]):
-    """Exactly `rules` allowed, everything else incoming denied, ufw enabled."""
+def ufw_policy(rules: list[str], first: list[str] | None = None):
+    """Exactly `first` + `rules` allowed (`first` leading their chain), everything else incoming
+    denied, ufw enabled."""
     state = host.get_fact(UfwState)
-    for rule in rules:
-        if rule not in state["rules"]:
-            yield StringCommand(f"ufw {rule}")
-    for rule in state["rules"]:
-        if rule not in rules:
-            yield StringCommand(f"ufw delete {rule}")
+    for command in policy_commands(state, list(first or []), rules):
+        yield StringCommand(command)
     if state["incoming"] != "DROP":
         yield StringCommand("ufw default deny incoming")
     if not state["active"]:
@@ -97,8 +171,9 @@ class Ufw(Firewall):
     packages = ("ufw",)
 
     def apply(self, settings):
+        first, rules = wanted_rules(settings.ssh_port, settings.ssh.rate_limit, settings.ssh.trusted_ranges)
         ufw_policy(name=f"ufw: allow only SSH ({settings.ssh_port}), 80, 443, 8448",
-                   rules=wanted_rules(settings.ssh_port))
+                   rules=rules, first=first)
 
     def retire(self):
         ufw_off(name="ufw: off, no rules left (firewall is nftables)")
