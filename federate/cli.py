@@ -93,6 +93,24 @@ def drift_command(args) -> int:
     return 2 if not drift.ok else (1 if drift.changes else 0)
 
 
+def add_backup_parser(subparsers) -> None:
+    parser = subparsers.add_parser("backup", help="copy each homeserver's database, signing key, secrets, local "
+                                                  "media and config to this machine (over the deploy's SSH)")
+    parser.add_argument("inventory", metavar="INVENTORY", help="the pyinfra inventory file the deploy uses")
+    parser.add_argument("--to", metavar="DIR", required=True, help="backup folder (one DIR/<server_name>/<UTC "
+                        "time>/ per homeserver; 0700)")
+    parser.add_argument("--server", metavar="SERVER_NAME", help="only this homeserver")
+    parser.set_defaults(handler=backup_command)
+
+
+def backup_command(args) -> int:
+    from federate.backup import backup
+
+    for folder in backup(args.inventory, args.to, args.server):
+        _print(str(folder))
+    return 0
+
+
 def add_schema_parser(subparsers) -> None:
     parser = subparsers.add_parser("schema", help="print the JSON Schema of host data (for editors and CI)")
     parser.set_defaults(handler=schema_command)
@@ -225,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_check_parser(subparsers)
     add_verify_parser(subparsers)
     add_drift_parser(subparsers)
+    add_backup_parser(subparsers)
     add_schema_parser(subparsers)
     add_synapse_lock_parser(subparsers)
     add_lab_parser(subparsers)

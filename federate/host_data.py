@@ -290,8 +290,10 @@ def first_problem(error: ValidationError) -> tuple[str, str]:
         choices = [a for a in typing.get_args(_strip_optional(field.annotation)) if a is not None]
         return field_path(loc), f"must be one of {', '.join(choices)}, got {given!r}"
     named = loc and isinstance(loc[-1], str) and kind in TYPE_WORDS
-    what = EXPECTED.get(loc[-1]) if named and loc[-1] in EXPECTED else TYPE_WORDS.get(kind, entry["msg"])
-    what = what.format(**entry.get("ctx", {}))
+    if named and loc[-1] in EXPECTED:
+        what = EXPECTED[loc[-1]]  # literal text: its braces are examples, not placeholders
+    else:
+        what = TYPE_WORDS.get(kind, entry["msg"]).format(**entry.get("ctx", {}))
     return field_path(loc), f"must be {what}, got {given!r}"
 
 

@@ -486,7 +486,9 @@ def inventory_settings(hosts: Iterable[tuple[str, Mapping[str, Any]]], base_dir:
 
 
 def _resolve(name: str) -> list[str]:
-    return sorted({info[4][0] for info in socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)})
+    """The name's addresses; link-local ones (fe80::1%eth0) name no route a partner's traffic comes by."""
+    return sorted({info[4][0] for info in socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+                   if not ipaddress.ip_address(info[4][0].split("%")[0]).is_link_local})
 
 
 def _host_addresses(data: Mapping[str, Mapping[str, Any]], resolve):

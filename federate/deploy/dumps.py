@@ -39,9 +39,12 @@ def dump_command(database: str, server_name: str, version: str) -> str:
         write = f"runuser -u postgres -- pg_dump -Fc {shlex.quote(name)} > \"$t.part\""
     else:
         target += ".db"
-        write = f"python3 -c {shlex.quote(SQLITE_BACKUP)} {shlex.quote(name)} \"$t.part\""
+        # a homeserver added in this run has no database until Synapse first starts: nothing to keep
+        write = (f"{{ [ ! -e {shlex.quote(name)} ] || python3 -c {shlex.quote(SQLITE_BACKUP)} {shlex.quote(name)} "
+                 f"\"$t.part\"; }}")
+    # a cut or failed dump leaves no partial file behind
     return (f"install -d -m 700 -o root -g root {shlex.quote(DUMPS_ROOT)} {folder} && t={target} && umask 077 && "
-            f"{write} && mv \"$t.part\" \"$t\" && "
+            f"trap 'rm -f \"$t.part\"' EXIT && {write} && {{ [ ! -e \"$t.part\" ] || mv \"$t.part\" \"$t\"; }} && "
             f"ls -1t {folder}/*.dump {folder}/*.db 2>/dev/null | tail -n +{KEEP + 1} | xargs -r rm -f --")
 
 

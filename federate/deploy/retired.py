@@ -17,27 +17,42 @@ from pyinfra.api import FactBase, deploy
 from pyinfra.operations import systemd
 
 from federate.deploy import paths
+from federate.deploy.dumps import DUMPS_ROOT
 from federate.settings import HostSettings, database_name, os_user
 
 
 class ConfiguredHomeservers(FactBase):
-    """Server names with a homeserver.yaml under the config root: every homeserver the host ran."""
+    """Every homeserver the host ran (a homeserver.yaml under the config root): server name -> the
+    host names its proxy site answered (the server name's and its public_baseurl's)."""
 
     def command(self) -> str:
         root = shlex.quote(paths.CONF_ROOT)
-        return f"for f in {root}/*/homeserver.yaml; do [ -f \"$f\" ] && basename \"$(dirname \"$f\")\"; done; true"
+        return (f"for f in {root}/*/homeserver.yaml; do [ -f \"$f\" ] && "
+                f"echo \"$(basename \"$(dirname \"$f\")\") $(sed -n 's/^public_baseurl: *//p' \"$f\")\"; done; true")
 
     @staticmethod
     def default():
-        return []
+        return {}
 
     def process(self, output):
-        return sorted(line.strip() for line in output if line.strip())
+        configured = {}
+        for line in (line.split() for line in output if line.strip()):
+            name, url = line[0], (line[1:] or [""])[0]
+            public_host = url.strip("'\"").split("://", 1)[-1].split("/", 1)[0].split(":")[0]
+            configured[name] = tuple(dict.fromkeys(n for n in (name.split(":")[0], public_host) if n))
+        return dict(sorted(configured.items()))
 
 
-def retired_names(settings: HostSettings, configured: list[str]) -> list[str]:
+def retired_names(settings: HostSettings, configured) -> list[str]:
     wanted = {hs.server_name for hs in settings.homeservers}
     return [name for name in configured if name not in wanted]
+
+
+def retired_certificates(settings: HostSettings, configured: dict) -> list[str]:
+    """Certificate names (a homeserver's proxied host names) only retired homeservers used."""
+    wanted = {name for hs in settings.homeservers for name in hs.proxy_names}
+    wanted |= {d.server_name for d in settings.delegations}
+    return sorted({n for name in retired_names(settings, configured) for n in configured[name]} - wanted)
 
 
 def kept_and_how_to_delete(settings: HostSettings, name: str) -> str:
@@ -45,11 +60,13 @@ def kept_and_how_to_delete(settings: HostSettings, name: str) -> str:
     database = (f"database {database_name(name)}" if settings.database == "postgres"
                 else f"SQLite database in {paths.data_dir(name)}")
     drop = f" && runuser -u postgres -- dropdb {database_name(name)}" if settings.database == "postgres" else ""
+    drop += f" && runuser -u postgres -- dropuser {database_name(name)}" if settings.database == "postgres" else ""
     return (f"{name} is not in the inventory any more: stopped and disabled, nothing deleted. Kept: "
             f"{paths.conf_dir(name)} (config, signing key, secrets), {paths.data_dir(name)} (media), {database}, "
-            f"OS user {os_user(name)}. Put it back into the inventory to run it again as it was; to delete it for "
-            f"good (its signing key too, so its server name cannot come back with its history): "
-            f"rm -r {paths.conf_dir(name)} {paths.data_dir(name)}{drop} && userdel {os_user(name)}")
+            f"OS user {os_user(name)}, dumps in {DUMPS_ROOT}/{name}, its certificate (not renewed). Put it back into "
+            f"the inventory to run it again as it was; to delete it for good (its signing key too, so its server name "
+            f"cannot come back with its history): rm -r {paths.conf_dir(name)} {paths.data_dir(name)} "
+            f"{DUMPS_ROOT}/{name} /etc/systemd/system/{paths.unit(name)}.d{drop} && userdel {os_user(name)}")
 
 
 @deploy("Retired homeservers")

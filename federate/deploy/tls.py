@@ -11,6 +11,7 @@ from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.operations import files, systemd
 
 from federate.deploy import paths
+from federate.deploy.retired import ConfiguredHomeservers, retired_certificates
 from federate.pyinfra_ext.facts import PathExists
 from federate.pyinfra_ext.files import private_file
 from federate.pyinfra_ext.owed import owed_before_uploads
@@ -57,7 +58,9 @@ class Certbot(Certificates):
     def deploy(self, settings, reload_marker):
         # back from caddy, which turned them off
         systemd.service(name="certbot renewals on", service="certbot.timer", running=True, enabled=True)
-        renewals(name="certbot renews only what the sites need", wanted=[name for name, _ in wanted_certificates(settings)])
+        configured = host.get_fact(ConfiguredHomeservers)
+        renewals(name="certbot renews only what the sites need", wanted=[name for name, _ in wanted_certificates(settings)],
+                 retired=retired_certificates(settings, configured), reload_command=NGINX_RELOAD_COMMAND)
         return [acme_certificate(name=f"{cert_name}: ACME certificate", names=names, cert_name=cert_name,
                                  directory=settings.tls.acme_directory, email=settings.tls.email,
                                  webroot=paths.ACME_WEBROOT, reload_command=NGINX_RELOAD_COMMAND)
@@ -127,15 +130,17 @@ class FederateRenewals(FactBase):
 
 
 @operation()
-def renewals(wanted: list[str]):
-    """certbot renews federate's certificates that a site needs; the others are parked (kept, not
-    renewed), and a parked one that is needed again comes back."""
+def renewals(wanted: list[str], retired: list[str], reload_command: str):
+    """The certificates of retired homeservers are parked (kept, not renewed); a parked one that is
+    needed again comes back and is renewed at once if it is due (it may have expired meanwhile).
+    Other certificates, also ones obtained through federate's webroot by hand, are left alone."""
     state = host.get_fact(FederateRenewals)
-    for name in (n for n in state["renewed"] if n not in wanted):
+    for name in (n for n in state["renewed"] if n in retired and n not in wanted):
         yield StringCommand(f"mkdir -p {RENEWAL_PARKED} && mv {LETSENCRYPT_RENEWAL}/{shlex.quote(name)}.conf "
                             f"{RENEWAL_PARKED}/")
     for name in (n for n in state["parked"] if n in wanted):
-        yield StringCommand(f"mv {RENEWAL_PARKED}/{shlex.quote(name)}.conf {LETSENCRYPT_RENEWAL}/")
+        yield StringCommand(f"mv {RENEWAL_PARKED}/{shlex.quote(name)}.conf {LETSENCRYPT_RENEWAL}/ && certbot renew "
+                            f"--non-interactive --cert-name {shlex.quote(name)} --deploy-hook {shlex.quote(reload_command)}")
 
 
 def tls_for(settings: HostSettings, acme: type[Certificates], key_owner: dict) -> Certificates:

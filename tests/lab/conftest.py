@@ -175,6 +175,7 @@ def assert_hsts_and_no_version(reply_443, reply_8448):
 
 def remote_status(lab, host: str, url: str) -> tuple[int, str]:
     """HTTP status and body of a GET from inside lab host `host` (its own address as the source)."""
-    out = lab.ssh(host, f"curl -s -o /tmp/federate-probe -w '%{{http_code}}' {url}; echo; cat /tmp/federate-probe").stdout
+    out = lab.ssh(host, f"curl -s --path-as-is -o /tmp/federate-probe -w '%{{http_code}}' '{url}'; echo; "
+                        "cat /tmp/federate-probe").stdout
     status, _, body = out.partition("\n")
     return int(status), body

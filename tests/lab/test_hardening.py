@@ -22,6 +22,8 @@ from federate.checker.http import https_get
 pytestmark = pytest.mark.lab
 
 PUBLIC = {"hs1": "matrix.alpha.test", "hs2": "beta.test"}
+# the keys' raw path, which a proxy that decodes and cleans it would take for the client API
+SMUGGLED_KEYS = "/_matrix/key/v2/server/x%2F..%2F..%2F..%2F..%2Fclient%2Fversions"
 
 
 @pytest.mark.parametrize("host", ["hs1", "hs2"])
@@ -81,3 +83,11 @@ def test_internal_federation_answers_only_its_partners_host(deployed):
             assert reply.status == 403, url
     # the client API stays open (no client_allow_ranges here)
     assert remote_status(deployed, "hs2", "https://internal.alpha.test/_matrix/client/versions")[0] == 200
+
+
+@pytest.mark.parametrize("path", [SMUGGLED_KEYS, "/_matrix/client/../federation/v1/version",
+                                  "/_matrix/client/versions/..%2F..%2Ffederation%2Fv1%2Fversion"])
+def test_no_path_trick_gets_past_the_partner_lock(deployed, path):
+    """nginx routes by the cleaned path, Synapse by the raw one: no raw path reaches the other API."""
+    status, body = remote_status(deployed, "hs2", f"https://internal.alpha.test{path}")
+    assert status in (400, 403, 404) and "verify_keys" not in body and '"server":' not in body, (status, body)

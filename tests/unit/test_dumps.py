@@ -24,7 +24,18 @@ def test_sqlite_dump_is_a_complete_copy_and_only_the_newest_are_kept(tmp_path, m
         assert db.execute("SELECT body FROM events").fetchall() == [("still here",)]
 
 
+def test_a_sqlite_homeserver_without_a_database_yet_is_skipped_and_a_failed_dump_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(dumps, "DUMPS_ROOT", str(tmp_path / "dumps"))
+    fresh = dumps.dump_command(f"sqlite:{tmp_path}/new/homeserver.db", "new.test", "1.162.0")
+    subprocess.run(["sh", "-c", fresh], check=True)  # no database yet: nothing to dump, no failure
+    assert list((tmp_path / "dumps" / "new.test").iterdir()) == []
+    (tmp_path / "broken.db").write_text("not a database")
+    broken = dumps.dump_command(f"sqlite:{tmp_path}/broken.db", "broken.test", "1.162.0")
+    assert subprocess.run(["sh", "-c", broken]).returncode != 0
+    assert list((tmp_path / "dumps" / "broken.test").iterdir()) == []  # no .part left behind
+
+
 def test_postgres_dump_uses_the_custom_format_as_postgres():
     command = dumps.dump_command("postgres:synapse_g_test", "g.test", "1.162.0")
-    assert "runuser -u postgres -- pg_dump -Fc synapse_g_test > \"$t.part\" && mv \"$t.part\" \"$t\"" in command
+    assert "runuser -u postgres -- pg_dump -Fc synapse_g_test > \"$t.part\" && { [ ! -e \"$t.part\" ] || mv \"$t.part\" \"$t\"; }" in command
     assert "/var/backups/federate/g.test/g.test-1.162.0-" in command

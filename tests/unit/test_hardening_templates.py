@@ -81,16 +81,31 @@ def test_nginx_internal_federation_only_from_partners_hosts():
     s = lab_like(federation_allow_addresses=["192.0.2.0/24"], client_allow_ranges=["10.8.0.0/16"])
     site = proxy_for(s, BOOKWORM).wanted_sites()["/etc/nginx/conf.d/federate-internal.alpha.test.conf"]
     for block in servers(site):
-        federation = block.split("location ~ ^/_matrix/(federation|key)/ {")[1].split("}")[0]
+        federation = block.split("location ~ ^/_matrix/(federation|key)/ {")[1].split("\n    }")[0]
         # the given partner range and hs1 (alpha.test's host); not hs2
         assert re.findall(r"allow (\S+);", federation) == ["192.0.2.0/24", "10.1.2.11"]
         assert "deny all;" in federation and "error_page 403 = @federation_forbidden;" in federation
         assert '"errcode":"M_FORBIDDEN"' in block.split("location @federation_forbidden {")[1]
-    client = servers(site)[0].split("location ~ ^(/_matrix|/_synapse/client) {")[1].split("}")[0]
+    client = servers(site)[0].split("location ~ ^(/_matrix|/_synapse/client) {")[1].split("\n    }")[0]
     assert re.findall(r"allow (\S+);", client) == ["10.8.0.0/16"] and "deny all;" in client
     # the open neighbour answers everyone
     open_site = proxy_for(s, BOOKWORM).wanted_sites()["/etc/nginx/conf.d/federate-alpha.test.conf"]
     assert "allow " not in open_site and "deny " not in open_site
+
+
+def test_each_api_is_told_by_the_raw_path_synapse_routes_by():
+    """The proxies pick a route by the decoded, cleaned path, Synapse by the raw one it is passed:
+    `/_matrix/key/v2/server/x%2F..%2F..%2F..%2F..%2Fclient` must not reach the keys as client API."""
+    s = lab_like(client_allow_ranges=["10.8.0.0/16"])
+    for block in servers(proxy_for(s, BOOKWORM).wanted_sites()["/etc/nginx/conf.d/federate-internal.alpha.test.conf"]):
+        federation = block.split("location ~ ^/_matrix/(federation|key)/ {")[1]
+        assert federation.index('if ($request_uri !~ "^/_matrix/(federation|key)/") {\n            return 400;') \
+            < federation.index("allow ")
+    client = servers(proxy_for(s, BOOKWORM).wanted_sites()["/etc/nginx/conf.d/federate-alpha.test.conf"])[0]
+    assert 'if ($request_uri ~ "^/_matrix/(federation|key)/|^/_synapse/admin") {\n            return 400;' in \
+        client.split("location ~ ^(/_matrix|/_synapse/client) {")[1]
+    caddyfile = proxy_for(lab_like("caddy"), BOOKWORM).render_caddyfile()
+    assert "path /_matrix/federation/*" not in caddyfile and caddyfile.count('{http.request.uri}.startsWith("/_matrix/key/")') == 8
 
 
 def test_caddy_hardening():

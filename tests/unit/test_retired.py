@@ -13,17 +13,24 @@ def settings(database="postgres"):
 
 
 def test_a_homeserver_no_longer_in_the_settings_is_retired():
-    assert retired.retired_names(settings(), ["alpha.test", "internal.alpha.test"]) == ["internal.alpha.test"]
-    assert retired.retired_names(settings(), ["alpha.test"]) == []
-    assert retired.ConfiguredHomeservers().process(["internal.alpha.test\n", "alpha.test\n"]) == [
-        "alpha.test", "internal.alpha.test"]
+    configured = retired.ConfiguredHomeservers().process([
+        "internal.alpha.test https://internal.alpha.test/\n", "alpha.test https://matrix.alpha.test/\n",
+        "old.test:8448 'https://matrix.old.test/'\n"])
+    assert configured == {"alpha.test": ("alpha.test", "matrix.alpha.test"), "internal.alpha.test": ("internal.alpha.test",),
+                          "old.test:8448": ("old.test", "matrix.old.test")}
+    assert retired.retired_names(settings(), configured) == ["internal.alpha.test", "old.test:8448"]
+    assert retired.retired_names(settings(), {"alpha.test": ()}) == []
+    # only names no current site uses: alpha.test stays renewed, whatever else retired
+    assert retired.retired_certificates(settings(), configured) == ["internal.alpha.test", "matrix.old.test", "old.test"]
 
 
 def test_the_run_says_what_is_kept_and_how_to_delete_it():
     message = retired.kept_and_how_to_delete(settings(), "internal.alpha.test")
     for kept in ("/etc/matrix-synapse/internal.alpha.test", "/var/lib/matrix-synapse/internal.alpha.test",
                  "database synapse_internal_alpha_test", "OS user synapse_internal_alpha_test",
-                 "runuser -u postgres -- dropdb synapse_internal_alpha_test", "userdel synapse_internal_alpha_test"):
+                 "/var/backups/federate/internal.alpha.test", "matrix-synapse@internal.alpha.test.service.d",
+                 "runuser -u postgres -- dropdb synapse_internal_alpha_test",
+                 "runuser -u postgres -- dropuser synapse_internal_alpha_test", "userdel synapse_internal_alpha_test"):
         assert kept in message
     assert "dropdb" not in retired.kept_and_how_to_delete(settings("sqlite"), "internal.alpha.test")
 
@@ -33,9 +40,14 @@ def test_certbot_renews_only_what_the_sites_need():
                                             "/etc/letsencrypt/renewal/old.test.conf", "# parked",
                                             "/etc/letsencrypt/renewal-parked/back.test.conf"])
     assert state == {"renewed": ["alpha.test", "old.test"], "parked": ["back.test"]}
-    assert commands(tls.renewals, fact(tls.FederateRenewals, state), wanted=["alpha.test", "back.test"]) == [
+    options = {"wanted": ["alpha.test", "back.test"], "retired": ["old.test"], "reload_command": "systemctl reload nginx"}
+    assert commands(tls.renewals, fact(tls.FederateRenewals, state), **options) == [
         "mkdir -p /etc/letsencrypt/renewal-parked && mv /etc/letsencrypt/renewal/old.test.conf "
         "/etc/letsencrypt/renewal-parked/",
-        "mv /etc/letsencrypt/renewal-parked/back.test.conf /etc/letsencrypt/renewal/"]
+        "mv /etc/letsencrypt/renewal-parked/back.test.conf /etc/letsencrypt/renewal/ && certbot renew "
+        "--non-interactive --cert-name back.test --deploy-hook 'systemctl reload nginx'"]
     settled = {"renewed": ["alpha.test", "back.test"], "parked": ["old.test"]}
-    assert commands(tls.renewals, fact(tls.FederateRenewals, settled), wanted=["alpha.test", "back.test"]) == []
+    assert commands(tls.renewals, fact(tls.FederateRenewals, settled), **options) == []
+    # a certificate obtained by hand through federate's webroot is no retired homeserver's: left alone
+    by_hand = {"renewed": ["alpha.test", "element.test"], "parked": []}
+    assert commands(tls.renewals, fact(tls.FederateRenewals, by_hand), **options) == []

@@ -255,6 +255,10 @@ def test_client_allow_ranges():
             "homeservers[0].client_allow_ranges")
 
 
+def test_a_section_of_the_wrong_type_is_one_line_not_a_traceback():
+    assert "must be a mapping such as {'after_deploy': true}, got True" in refused(data(verify=True), "verify")
+
+
 def test_no_homeservers():
     refused(data(homeservers=[]), "homeservers")
 
