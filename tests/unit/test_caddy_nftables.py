@@ -101,7 +101,7 @@ def test_caddy_needs_no_certbot():
 
 
 def test_nftables_policy_allows_only_ssh_and_web_ports():
-    conf = nftables.render_nftables_conf(2222, rate_limit=False)  # the limit: tests/unit/test_ssh_limit.py
+    conf = nftables.render_nftables_conf(2222, rate_limit=False)  # the limit: tests/unit/test_ssh_limit_rules.py
     assert "\nflush ruleset" not in conf  # only the federate table is replaced
     assert conf.index("table inet federate\ndelete table inet federate\n") < conf.index("table inet federate {")
     input_chain = conf.split("chain input {")[1].split("}\n")[0]
