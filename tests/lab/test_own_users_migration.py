@@ -14,12 +14,13 @@ import subprocess
 import sys
 import tarfile
 import time
+from pathlib import Path
 
 import pytest
 
 from federate.lab import Lab, prove
 from federate.lab.clients import find_traces, leave_traces
-from federate.lab.runner import PYINFRA, REPO_ROOT, assert_converged, changed_names, run_deploy
+from federate.lab.runner import PYINFRA, REPO_ROOT, assert_converged, changed_names, run_deploy, write_inventory
 
 pytestmark = pytest.mark.lab
 
@@ -65,8 +66,18 @@ def deploy_the_code_of_before(info: dict, checkout) -> subprocess.CompletedProce
     probe = subprocess.run([sys.executable, "-c", "import federate; print(federate.__file__)"],
                            cwd=checkout, env=env, capture_output=True, text=True)
     assert probe.stdout.startswith(str(checkout)), probe.stdout + probe.stderr
-    return subprocess.run([PYINFRA, info["inventory"], "deploy.py", "-y"], cwd=checkout, env=env, text=True,
-                          capture_output=True, stdin=subprocess.DEVNULL, timeout=1200)
+    return subprocess.run([PYINFRA, inventory_of_before(info, checkout), "deploy.py", "-y"], cwd=checkout, env=env,
+                          text=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=1200)
+
+
+def inventory_of_before(info: dict, checkout) -> str:
+    """The lab inventory in the host data BEFORE knew: ip_range_whitelist per host, no ssh section."""
+    def as_before(hosts):
+        for _, data in hosts:
+            data.pop("ssh", None)
+            ranges = [r for hs in data["homeservers"] for r in hs.pop("ip_range_whitelist", [])]
+            data["ip_range_whitelist"] = list(dict.fromkeys(ranges))
+    return write_inventory(Path(checkout).parent / "inventory-before.py", info["inventory"], as_before)
 
 
 @pytest.fixture(scope="module")
