@@ -133,6 +133,11 @@ def header(version: str, python: str) -> str:
             f"# Made (again) by: {regenerate_command(version, python)}\n")
 
 
+# uv trusts the platform's certificate store, as pip does: an HTTPS proxy that re-signs (a lab's, many
+# companies') is then trusted too. Both names of the switch: newer uv reads the first, older the second.
+UV_ENV = {"UV_NO_PROGRESS": "1", "UV_SYSTEM_CERTS": "1", "UV_NATIVE_TLS": "1"}
+
+
 def make_lock(version: str, python: str, out_dir: Path = LOCK_DIR) -> Path:
     """Resolve and hash the lock of `version` for `python` into out_dir (an existing lock's pins are
     kept where they still fit: delete it to resolve afresh)."""
@@ -146,7 +151,7 @@ def make_lock(version: str, python: str, out_dir: Path = LOCK_DIR) -> Path:
                    "--generate-hashes", "--no-header", "--only-binary", ":all:",
                    "--python-version", python, "--python-platform", PLATFORM, *_index_options()]
         result = subprocess.run(command, input="\n".join(requirements(version)) + "\n", text=True,
-                                capture_output=True, timeout=600, env={**os.environ, "UV_NO_PROGRESS": "1"})
+                                capture_output=True, timeout=600, env={**os.environ, **UV_ENV})
         if result.returncode != 0:
             raise RuntimeError(f"uv could not lock matrix-synapse {version} for Python {python}:\n"
                                f"{result.stderr.strip()[-3000:]}")
