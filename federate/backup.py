@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 
 from federate.deploy import paths
 from federate.deploy.database import sqlite_path
+from federate.deploy.dumps import SQLITE_BACKUP  # the same online-backup copy as the dump before upgrades
 from federate.settings import Homeserver, HostSettings
 
 CHUNK = 1 << 20
@@ -40,9 +41,7 @@ def _pg_dump(database: str) -> str:
 
 def _sqlite_copy(path: str) -> str:
     """An online-backup copy into a root-only temporary file, streamed, then removed."""
-    script = ("import sqlite3, sys; s = sqlite3.connect('file:' + sys.argv[1] + '?mode=ro', uri=True); "
-              "d = sqlite3.connect(sys.argv[2]); s.backup(d); d.close()")
-    return (f"t=$(mktemp) && python3 -c {shlex.quote(script)} {shlex.quote(path)} \"$t\" && cat \"$t\"; "
+    return (f"t=$(mktemp) && python3 -c {shlex.quote(SQLITE_BACKUP)} {shlex.quote(path)} \"$t\" && cat \"$t\"; "
             f"s=$?; rm -f \"$t\"; exit $s")
 
 

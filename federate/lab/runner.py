@@ -21,6 +21,13 @@ def run_deploy(inventory: str, *extra: str, timeout: int = 1200) -> subprocess.C
                           capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
 
 
+def run_deployed(inventory: str) -> subprocess.CompletedProcess:
+    """A deploy that must succeed: a lab fixture's first run (the output's tail when it does not)."""
+    result = run_deploy(inventory)
+    assert result.returncode == 0, f"deploy failed:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
 def json_totals(result: subprocess.CompletedProcess) -> dict:
     """`results.totals` of a `--json` run; its `success` counts operations that changed something."""
     return json_document(result)["results"]["totals"]

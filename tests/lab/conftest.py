@@ -18,7 +18,7 @@ from cryptography import x509
 
 from federate.lab import Lab, pki
 from federate.checker.http import https_get
-from federate.lab.runner import REPO_ROOT, assert_converged, json_document, run_deploy, write_inventory
+from federate.lab.runner import REPO_ROOT, assert_converged, json_document, run_deploy, run_deployed, write_inventory
 
 
 class LabSession:
@@ -121,9 +121,8 @@ def lab():
 def deployed(lab):
     """The first (cold) deploy of the lab inventory."""
     start = time.monotonic()
-    result = run_deploy(lab.inventory)
+    run_deployed(lab.inventory)
     lab.timings["cold_deploy"] = time.monotonic() - start
-    assert result.returncode == 0, f"deploy failed:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
     return lab
 
 
