@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pprint
+import re
 import runpy
 import subprocess
 import sys
@@ -24,8 +25,16 @@ def run_deploy(inventory: str, *extra: str, timeout: int = 1200) -> subprocess.C
 def run_deployed(inventory: str) -> subprocess.CompletedProcess:
     """A deploy that must succeed: a lab fixture's first run (the output's tail when it does not)."""
     result = run_deploy(inventory)
-    assert result.returncode == 0, f"deploy failed:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (f"deploy failed:\n{error_lines(result.stdout)}\n{result.stdout[-4000:]}\n"
+                                    f"{result.stderr[-3000:]}")
     return result
+
+
+def error_lines(output: str, limit: int = 40) -> str:
+    """The lines of a run that say what went wrong (the summary table at its end does not)."""
+    wanted = [line for line in output.splitlines() if re.search(r"error|fail|stderr", line, re.IGNORECASE)
+              and "Grand total" not in line]
+    return "\n".join(wanted[-limit:])
 
 
 def json_totals(result: subprocess.CompletedProcess) -> dict:
