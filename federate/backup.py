@@ -120,6 +120,26 @@ class Remote:
             if not chunk:
                 break
             yield chunk
+        self._finish(channel, command)
+
+    def feed(self, command: str, path: Path) -> str:
+        """Run `command` with the local file `path` as its stdin, sent in chunks (a dump may be
+        larger than memory); its stdout. For commands that print little while they read (the
+        channel's window holds what is not yet read). BackupError when it exits non-zero."""
+        channel = self.client.get_transport().open_session()
+        channel.exec_command(command)
+        try:
+            with open(path, "rb") as source:
+                for chunk in iter(lambda: source.read(CHUNK), b""):
+                    channel.sendall(chunk)
+            channel.shutdown_write()
+        except OSError:  # the command stopped reading (it failed): its status and stderr say why
+            pass
+        out = b"".join(iter(lambda: channel.recv(CHUNK), b""))
+        self._finish(channel, command)
+        return out.decode(errors="replace").strip()
+
+    def _finish(self, channel, command: str) -> None:
         status = channel.recv_exit_status()
         errors = b""
         while channel.recv_stderr_ready():
@@ -155,12 +175,17 @@ def backup_homeserver(remote: Remote, settings: HostSettings, hs: Homeserver, to
     return folder
 
 
-def backup(inventory: str, to: str | Path, server: str | None = None,
-           log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> list[Path]:
+def inventory_hosts(inventory: str) -> tuple[dict[str, HostSettings], dict[str, dict]]:
+    """(settings per host, connection data per host) of an inventory: what says which host holds a
+    homeserver, and how to reach it over SSH."""
     from federate.inventory import host_data, load_inventory, load_settings
 
-    settings = load_settings(inventory)
-    data = dict(host_data(load_inventory(inventory)))
+    return load_settings(inventory), dict(host_data(load_inventory(inventory)))
+
+
+def backup(inventory: str, to: str | Path, server: str | None = None,
+           log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> list[Path]:
+    settings, data = inventory_hosts(inventory)
     chosen = [(host, hs) for host, s in settings.items() for hs in s.homeservers
               if server is None or hs.server_name == server]
     if not chosen:

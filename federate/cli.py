@@ -20,6 +20,11 @@ def _print(message: str) -> None:
     print(message, flush=True)
 
 
+def _log(message: str) -> None:
+    """Progress and check lines: stderr, so stdout stays the command's result."""
+    print(message, file=sys.stderr, flush=True)
+
+
 # --- federate check / verify: the federation checker, in every install ---------------------------
 
 def add_check_parser(subparsers) -> None:
@@ -97,17 +102,33 @@ def add_backup_parser(subparsers) -> None:
     parser = subparsers.add_parser("backup", help="copy each homeserver's database, signing key, secrets, local "
                                                   "media and config to this machine (over the deploy's SSH)")
     parser.add_argument("inventory", metavar="INVENTORY", help="the pyinfra inventory file the deploy uses")
-    parser.add_argument("--to", metavar="DIR", required=True, help="backup folder (one DIR/<server_name>/<UTC "
-                        "time>/ per homeserver; 0700)")
-    parser.add_argument("--server", metavar="SERVER_NAME", help="only this homeserver")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--to", metavar="DIR", help="backup folder (one DIR/<server_name>/<UTC time>/ per "
+                      "homeserver; 0700)")
+    what.add_argument("--verify", metavar="DIR", help="check one backup (the folder with manifest.json) instead: "
+                      "hashes, key, secrets, archives, and its database restored into a scratch database "
+                      "(PostgreSQL: on the homeserver's host, dropped again)")
+    parser.add_argument("--server", metavar="SERVER_NAME", help="only this homeserver (with --to)")
     parser.set_defaults(handler=backup_command)
 
 
 def backup_command(args) -> int:
     from federate.backup import backup
 
+    if args.verify:
+        return backup_verify_command(args)
     for folder in backup(args.inventory, args.to, args.server):
         _print(str(folder))
+    return 0
+
+
+def backup_verify_command(args) -> int:
+    from federate.backup_verify import verify
+
+    if args.server:
+        raise ValueError("--server: only with --to (--verify takes the server name from the backup's manifest)")
+    identity = verify(args.inventory, args.verify, _log)
+    _log(f"federate backup --verify: {args.verify}: every check passed (backup id sha256:{identity})")
     return 0
 
 
