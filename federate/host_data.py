@@ -135,6 +135,9 @@ class HomeserverData(_Section):
     client_allow_ranges: Optional[list[Cidr]] = Field(
         None, description="CIDR ranges allowed to reach the client API, e.g. an office network or VPN "
                           "(default: everyone)")
+    restore_from: Optional[str] = Field(
+        None, min_length=1, description="a backup folder of `federate backup` on the controller: a host where this "
+                                        "homeserver has no data yet gets it restored (README, 'Restore and move')")
 
 
 class DelegationData(_Section):

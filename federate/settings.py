@@ -24,7 +24,8 @@ from pydantic import ValidationError
 from federate.host_data import (LETS_ENCRYPT, HomeserverData, HostData, SshData, TlsData, defaults,
                                 first_problem, ours, server_name_problem)
 
-__all__ = ["DEFAULTS", "LETS_ENCRYPT", "Delegation", "Homeserver", "HostSettings", "Lock", "SettingsError", "Ssh", "Tls",
+__all__ = ["DEFAULTS", "LETS_ENCRYPT", "Delegation", "Homeserver", "HostSettings", "Lock", "Restore", "SettingsError",
+           "Ssh", "Tls",
            "User", "Verify", "certificate_names", "host_settings", "inventory_settings", "server_name_problem"]
 
 # The library's defaults for host data: an inventory with no group_data gets these. Override
@@ -90,6 +91,15 @@ class User:
 
 
 @dataclass(frozen=True)
+class Restore:
+    """A backup to restore onto a host where the homeserver has no data yet."""
+    folder: str          # absolute, on the controller
+    backup_id: str       # sha256 of its manifest: what the host records once restored
+    synapse_version: str
+    files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Homeserver:
     server_name: str
     profile: str
@@ -106,6 +116,7 @@ class Homeserver:
     # Who the proxy lets reach /_matrix/federation and /_matrix/key: None for everyone (external),
     # else the given addresses plus the inventory hosts of its whitelisted partners (internal).
     federation_sources: tuple[str, ...] | None = None
+    restore: Restore | None = None  # restore_from, checked against the backup's manifest
 
     @property
     def host_name(self) -> str:
@@ -225,6 +236,43 @@ class HostSettings:
 
 def _fail(host: str, path: str, problem: str):
     raise SettingsError(host, path, problem)
+
+
+def _restore(host: str, path: str, raw: HomeserverData, database: str, synapse_version: str,
+             base_dir: Path) -> Restore | None:
+    """restore_from, checked before any host is touched: the folder is a backup of this very
+    homeserver, made with this database, by a Synapse no newer than the one deployed."""
+    if raw.restore_from is None:
+        return None
+    from packaging.version import Version
+
+    from federate.manifest import BackupError, backup_id, read_manifest
+
+    folder = (base_dir / Path(raw.restore_from).expanduser()).absolute()
+    field_path = f"{path}.restore_from"
+    try:  # sizes now, hashes only when a restore really runs (a media store can be large)
+        manifest = read_manifest(folder, check_hashes=False)
+    except BackupError as error:
+        _fail(host, field_path, str(error))
+    if manifest.get("server_name") != raw.server_name:
+        _fail(host, field_path, f"{folder} is a backup of {manifest.get('server_name')!r}, not of "
+              f"{raw.server_name!r}: a homeserver's identity cannot move to another name")
+    if manifest.get("database") != database:
+        _fail(host, field_path, f"{folder} holds a {manifest.get('database')} database and this host uses "
+              f"database: {database}: deploy with database: {manifest.get('database')}, then port it")
+    needed = {"database.dump" if database == "postgres" else "database.sqlite", "signing.key", "secrets.yaml",
+              "media.tar"}
+    if missing := sorted(needed - set(manifest["files"])):
+        _fail(host, field_path, f"{folder}: the backup has no {', '.join(missing)}")
+    made_by = str(manifest.get("synapse_version", ""))
+    try:
+        newer = Version(made_by) > Version(synapse_version)
+    except ValueError:
+        _fail(host, field_path, f"{folder}: the manifest's synapse_version {made_by!r} is not a version")
+    if newer:
+        _fail(host, field_path, f"{folder} was made by Synapse {made_by}, newer than synapse_version "
+              f"{synapse_version}: its schema cannot be used by the older Synapse; deploy {made_by} or newer")
+    return Restore(str(folder), backup_id(folder), made_by, tuple(manifest["files"]))
 
 
 def _homeserver(host: str, path: str, raw: HomeserverData, port: int) -> Homeserver:
@@ -429,7 +477,9 @@ def host_settings(host: str, data: Mapping[str, Any], base_dir: str | Path = "."
     if not raw.homeservers and not raw.delegations:
         _fail(host, "homeservers", "needs at least one homeserver (or 'delegations' for a delegation host)")
     ports = _ports(host, raw.homeservers, ssh_port)
-    homeservers = [_homeserver(host, f"homeservers[{i}]", hs, ports[i]) for i, hs in enumerate(raw.homeservers)]
+    homeservers = [replace(_homeserver(host, f"homeservers[{i}]", hs, ports[i]),
+                           restore=_restore(host, f"homeservers[{i}]", hs, raw.database, raw.synapse_version, base_dir))
+                   for i, hs in enumerate(raw.homeservers)]
     names = [hs.host_name for hs in homeservers]
     for i, hs in enumerate(homeservers):
         if hs.host_name in names[:i]:

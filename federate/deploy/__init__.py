@@ -13,8 +13,8 @@ def deploy_homeservers() -> None:
     from pyinfra import host, inventory
     from pyinfra.facts.server import LinuxDistribution
 
-    from federate.deploy import (database, debian, dns_records, dumps, federation_check, firewall, proxy, retired,
-                                 synapse, system, tls)
+    from federate.deploy import (database, debian, dns_records, dumps, federation_check, firewall, proxy, restore,
+                                 retired, synapse, system, tls)
     from federate.inventory import refuse, settings_for
     from federate.pyinfra_ext.lease import lock_acquired, lock_released, lock_renewed
 
@@ -23,7 +23,8 @@ def deploy_homeservers() -> None:
     if problem := debian.unsupported_problem(host.name, distribution):
         refuse(problem)  # before any other fact: those assume a Debian host
     release = debian.release_of(distribution)
-    if problem := database.backend_switch_problem(settings) or synapse.downgrade_problem(settings):
+    if problem := (database.backend_switch_problem(settings) or synapse.downgrade_problem(settings)
+                   or restore.problem(settings)):
         refuse(problem)
     dns_records.announce(settings)
     lease = settings.lock.lease

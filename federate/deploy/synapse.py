@@ -9,7 +9,7 @@ from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.operations import files, server, systemd
 
-from federate.deploy import locks, paths
+from federate.deploy import locks, paths, restore
 from federate.deploy.database import database_config, database_ref
 from federate.deploy.debian import Release
 from federate.deploy.hostscripts import source
@@ -177,6 +177,7 @@ def _homeserver(settings: HostSettings, hs: Homeserver, changed_before: list):
                user=user, group=user)
     files.directory(name=f"{name}: media store", path=f"{paths.data_dir(name)}/media_store",
                     user=user, group=user, mode="700")
+    restore.restore(settings, hs)  # a homeserver new on this host may come from a backup: before its keys and start
     key = generated_once(name=f"{name}: signing key (made once, never replaced)",
                          path=paths.signing_key(name), user=user,
                          command=f'{paths.VENV}/bin/generate_signing_key -o "$OUT"')

@@ -113,6 +113,28 @@ class Lab:
         return {"holder": held["holder"], "lease_ends": time.strftime("%Y-%m-%d %H:%M:%S UTC",
                                                                       time.gmtime(held["expires"]))}
 
+    def stop_host(self, host: str) -> None:
+        """Power a host off for good, as a lost machine (`down` still cleans up after it)."""
+        with self._locked():
+            proc = State(self.paths.state_file).get("processes", {}).get(f"host:{host}")
+            if proc is None:
+                raise RuntimeError(f"lab {self.name} has no host {host}")
+            procs.stop([(proc["pid"], proc["exe"])], timeout=20)
+
+    def point_names(self, names: list[str], host: str) -> None:
+        """Let lab DNS names resolve to another host's address (a homeserver moved there):
+        dnsmasq restarts with the changed records; their TTL is 0, so nobody caches the old ones."""
+        with self._locked():
+            state = State(self.paths.state_file)
+            address = state.get("addresses", {})[host]
+            moved = {**state.get("moved_names", {}), **{name: address for name in names}}
+            state.set("moved_names", moved)
+            dnsmasq = state.get("processes", {})["dnsmasq"]
+            procs.stop([(dnsmasq["pid"], dnsmasq["exe"])], timeout=10)
+            spec, bridge_ip = state.get("topology"), state.get("bridge_ip")
+            records = {**topo.dns_records(spec, state.get("addresses"), bridge_ip), **moved}
+            self._start_dns(state, bridge_ip, records, spec.get("srv", []))
+
     def info(self) -> dict | None:
         path = self.paths.file("lab.json")
         return json.loads(path.read_text()) if path.exists() else None

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import socket
 import ssl
 import time
@@ -131,24 +132,80 @@ async def room_across_servers(a: Account, b: Account, dns_server: str, ca_file: 
         if isinstance(joined, JoinError):
             raise RuntimeError(f"{b.user_id} could not join {room_id}: {joined}")
         await first.sync(timeout=0)
-        latencies = []
-        for i in range(messages):
-            for sender, receiver in ((first, second), (second, first)):
-                body = f"ping {i} from {sender.user_id} {uuid.uuid4().hex[:6]}"
-                sent = await sender.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": body})
-                if not isinstance(sent, RoomSendResponse):
-                    raise RuntimeError(f"{sender.user_id} could not send: {sent}")
-                # Timed from the origin server accepting the event (a rate-limited send waits
-                # before that), to the other side's sync showing it: federation plus delivery.
-                start = time.monotonic()
-                seen_at = await _wait_for_message(receiver, room_id, body, deadline)
-                if seen_at is None:
-                    raise RuntimeError(f"{receiver.user_id} never saw {body!r}")
-                latencies.append(seen_at - start)
-        return FederationResult(room_id, latencies)
+        return FederationResult(room_id, await _exchange(first, second, room_id, messages, deadline))
     finally:
         await first.close()
         await second.close()
+
+
+async def _exchange(first: AsyncClient, second: AsyncClient, room_id: str, messages: int, deadline: float) -> list[float]:
+    """Messages both ways in a room both joined; the latency of each."""
+    latencies = []
+    for i in range(messages):
+        for sender, receiver in ((first, second), (second, first)):
+            body = f"ping {i} from {sender.user_id} {uuid.uuid4().hex[:6]}"
+            sent = await sender.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": body})
+            if not isinstance(sent, RoomSendResponse):
+                raise RuntimeError(f"{sender.user_id} could not send: {sent}")
+            # Timed from the origin server accepting the event (a rate-limited send waits
+            # before that), to the other side's sync showing it: federation plus delivery.
+            start = time.monotonic()
+            seen_at = await _wait_for_message(receiver, room_id, body, deadline)
+            if seen_at is None:
+                raise RuntimeError(f"{receiver.user_id} never saw {body!r}")
+            latencies.append(seen_at - start)
+    return latencies
+
+
+async def exchange_in_room(a: Account, b: Account, room_id: str, dns_server: str, ca_file: str,
+                           timeout: float = 90.0) -> list[float]:
+    """A message each way in a room a and b already share (after a move, an upgrade)."""
+    deadline = time.monotonic() + timeout
+    first, second = await login(a, dns_server, ca_file), await login(b, dns_server, ca_file)
+    try:
+        await first.sync(timeout=0)
+        await second.sync(timeout=0)
+        return await _exchange(first, second, room_id, 1, deadline)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def room_bodies(account: Account, room_id: str, dns_server: str, ca_file: str, limit: int = 100) -> list[str]:
+    """The text of the last `limit` messages of a room, as `account` sees them now."""
+    client = await login(account, dns_server, ca_file)
+    try:
+        messages = await client.room_messages(room_id, start="", limit=limit)
+        if not isinstance(messages, RoomMessagesResponse):
+            raise RuntimeError(f"{account.user_id}: history of {room_id} unavailable: {messages}")
+        return [e.body for e in messages.chunk if isinstance(e, RoomMessageText)]
+    finally:
+        await client.close()
+
+
+async def seed(account: Account, dns_server: str, ca_file: str, rooms: int, messages: int,
+               files: int, file_size: int) -> dict:
+    """A homeserver with some history, for backup and restore figures: `rooms` rooms of
+    `messages` messages each, and `files` uploads of `file_size` random bytes."""
+    client = await login(account, dns_server, ca_file)
+    try:
+        for r in range(rooms):
+            room = await client.room_create(name=f"federate seed {r}")
+            if not isinstance(room, RoomCreateResponse):
+                raise RuntimeError(f"{account.user_id} could not create a room: {room}")
+            for m in range(messages):
+                await client.room_send(room.room_id, "m.room.message", {"msgtype": "m.text", "body": f"seed {r}.{m}"})
+        uploaded = {}
+        for f in range(files):
+            data = os.urandom(file_size)
+            upload, _ = await client.upload(lambda *_, d=data: d, content_type="application/octet-stream",
+                                            filename=f"seed{f}.bin", filesize=len(data))
+            if not isinstance(upload, UploadResponse):
+                raise RuntimeError(f"upload failed: {upload}")
+            uploaded[upload.content_uri] = hashlib.sha256(data).hexdigest()
+        return {"rooms": rooms, "messages": rooms * messages, "media": uploaded}
+    finally:
+        await client.close()
 
 
 

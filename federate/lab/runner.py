@@ -25,8 +25,8 @@ def run_deploy(inventory: str, *extra: str, timeout: int = 1200) -> subprocess.C
 def run_deployed(inventory: str) -> subprocess.CompletedProcess:
     """A deploy that must succeed: a lab fixture's first run (the output's tail when it does not)."""
     result = run_deploy(inventory)
-    assert result.returncode == 0, (f"deploy failed:\n{error_lines(result.stdout)}\n{result.stdout[-4000:]}\n"
-                                    f"{result.stderr[-3000:]}")
+    assert result.returncode == 0, (f"deploy failed:\n{error_lines(result.stderr + result.stdout)}\n"
+                                    f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
 
 
@@ -69,9 +69,10 @@ def assert_converged(inventory: str) -> subprocess.CompletedProcess:
     return result
 
 
-def write_inventory(path: Path, source: str, mutate) -> str:
-    """A copy of a lab inventory file with `mutate(hosts)` applied to its (name, data) list."""
+def write_inventory(path: Path, source: str, *mutations) -> str:
+    """A copy of a lab inventory file with each `mutate(hosts)` applied to its (name, data) list."""
     hosts = runpy.run_path(source)["lab_hosts"]
-    mutate(hosts)
+    for mutate in mutations:
+        mutate(hosts)
     path.write_text("lab_hosts = " + pprint.pformat(hosts, width=110) + "\n")
     return str(path)

@@ -127,6 +127,61 @@ def deployed(lab):
 
 
 
+# --- the caddy + nftables lab (test_variants, then test_variants_restore) ---------------------------
+
+VARIANT = {"proxy": "caddy", "firewall": "nftables"}
+TOPOLOGY = {"hosts": {
+    "hs1": {"release": "bookworm",
+            "homeservers": [{"server_name": "alpha.test", "public_host": "matrix.alpha.test",
+                             "users": [{"localpart": "alice", "admin": True}]}],
+            "host_data": VARIANT},
+    "hs2": {"release": "trixie",
+            # bob seeds history before test_variants_restore backs it up: Synapse's message rate
+            # limit (0.2/s after a burst of 10) would make that take minutes
+            "homeservers": [{"server_name": "beta.test", "users": [{"localpart": "bob"}],
+                             "synapse_extra": {"rc_message": {"per_second": 100, "burst_count": 1000}}},
+                            {"server_name": "internal.beta.test", "profile": "internal",
+                             "federation_whitelist": ["beta.test"], "users": [{"localpart": "dave"}]}],
+            "host_data": VARIANT},
+    # a spare Debian 13 host, out of the inventory until a homeserver moves there (test_variants_restore)
+    "hs3": {"release": "trixie", "homeservers": []},
+}}
+
+
+PROVIDED_NAMES = ["alpha.test", "matrix.alpha.test"]  # hs1's own certificate; hs2 uses caddy's ACME
+
+
+@pytest.fixture(scope="session")
+def variant_lab(tmp_path_factory):
+    lab = Lab(f"c{os.getpid() % 100000}", root=REPO_ROOT)
+    directory = tmp_path_factory.mktemp("provided")
+    try:
+        session = LabSession(lab, lab.up(TOPOLOGY))
+        files, session.info["provided_serial"] = issue_certificate(lab, directory, PROVIDED_NAMES)
+        session.info["inventory"] = with_provided_certificate(session.inventory, directory, "hs1", files,
+                                                              "alpha.test")
+        session.info["inventory"] = write_inventory(directory / "inventory.py", session.inventory,
+                                                    internal_clients_from(session), without_spare)
+        start = time.monotonic()
+        run_deployed(session.inventory)
+        session.timings["cold_deploy"] = time.monotonic() - start
+        yield session
+    finally:
+        lab.down()
+
+
+def without_spare(hosts):
+    hosts[:] = [(name, data) for name, data in hosts if name != "hs3"]
+
+
+def internal_clients_from(session):
+    """internal.beta.test's client API only for the controller (the lab's bridge) and its own host."""
+    def limit(hosts):
+        dict(hosts)["hs2"]["homeservers"][1]["client_allow_ranges"] = [f"{session.info['dns']}/32",
+                                                                       f"{session.address('hs2')}/32"]
+    return limit
+
+
 # --- TLS and HTTP hardening, seen from outside (issue 11) ------------------------------------------
 
 HSTS_MIN_AGE = 2 * 365 * 24 * 3600

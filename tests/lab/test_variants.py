@@ -21,55 +21,12 @@ from conftest import (LabSession, assert_hsts_and_no_version, assert_no_handshak
                       with_provided_certificate)
 from federate.lab import prove
 from federate.checker.report import check_server
-from federate.lab import Lab
-from federate.lab.runner import REPO_ROOT, assert_converged, changed_names, changed_operations, run_deploy, run_deployed, write_inventory
+from federate.lab.runner import assert_converged, changed_names, changed_operations, run_deploy, write_inventory
 from federate.checker.http import https_get
 
 pytestmark = pytest.mark.lab
 
-VARIANT = {"proxy": "caddy", "firewall": "nftables"}
-TOPOLOGY = {"hosts": {
-    "hs1": {"release": "bookworm",
-            "homeservers": [{"server_name": "alpha.test", "public_host": "matrix.alpha.test",
-                             "users": [{"localpart": "alice", "admin": True}]}],
-            "host_data": VARIANT},
-    "hs2": {"release": "trixie",
-            "homeservers": [{"server_name": "beta.test", "users": [{"localpart": "bob"}]},
-                            {"server_name": "internal.beta.test", "profile": "internal",
-                             "federation_whitelist": ["beta.test"], "users": [{"localpart": "dave"}]}],
-            "host_data": VARIANT},
-}}
 WEB_RULE = "tcp dport { 80, 443, 8448 } accept"
-
-
-PROVIDED_NAMES = ["alpha.test", "matrix.alpha.test"]  # hs1's own certificate; hs2 uses caddy's ACME
-
-
-@pytest.fixture(scope="module")
-def variant_lab(tmp_path_factory):
-    lab = Lab(f"c{os.getpid() % 100000}", root=REPO_ROOT)
-    directory = tmp_path_factory.mktemp("provided")
-    try:
-        session = LabSession(lab, lab.up(TOPOLOGY))
-        files, session.info["provided_serial"] = issue_certificate(lab, directory, PROVIDED_NAMES)
-        session.info["inventory"] = with_provided_certificate(session.inventory, directory, "hs1", files,
-                                                              "alpha.test")
-        session.info["inventory"] = write_inventory(directory / "inventory.py", session.inventory,
-                                                    internal_clients_from(session))
-        start = time.monotonic()
-        run_deployed(session.inventory)
-        session.timings["cold_deploy"] = time.monotonic() - start
-        yield session
-    finally:
-        lab.down()
-
-
-def internal_clients_from(session):
-    """internal.beta.test's client API only for the controller (the lab's bridge) and its own host."""
-    def limit(hosts):
-        dict(hosts)["hs2"]["homeservers"][1]["client_allow_ranges"] = [f"{session.info['dns']}/32",
-                                                                       f"{session.address('hs2')}/32"]
-    return limit
 
 
 def test_remote_checks_pass(variant_lab):

@@ -70,10 +70,14 @@ def proxy_for(settings: HostSettings, release: Release) -> Proxy:
     return proxies()[settings.proxy](settings, release)
 
 
-def reload_if_changed(service: str, marker: str, *ops) -> None:
-    """Reload `service` when one of `ops` changed something or an earlier run owes the reload."""
+def reload_if_changed(service: str, marker: str, *ops, restarted=None) -> None:
+    """Reload `service` when one of `ops` changed something or an earlier run owes the reload, unless
+    the operation `restarted` restarted it in this run (it read the new files then)."""
+    conditions = [changed_or_owed(list(ops), marker)]
+    if restarted is not None:
+        conditions.append(lambda: not restarted.did_change())
     systemd.service(name=f"{service}: reload on change", service=service, running=True,
-                    reloaded=True, _if=changed_or_owed(list(ops), marker))
+                    reloaded=True, _if=conditions)
     systemd.service(name=f"{service}: running and enabled", service=service, running=True, enabled=True)
     settled(name=f"{service}: reload done", marker=marker)
 

@@ -21,7 +21,7 @@ RELOAD = pending_marker("reload-caddy")
 RESTART = pending_marker("restart-caddy")
 # Where Debian's caddy (user caddy, HOME /var/lib/caddy) keeps the certificates it obtained.
 CADDY_CERTIFICATES = "/var/lib/caddy/.local/share/caddy/certificates"
-CADDY_CERT_WAIT_SECONDS = 120
+CADDY_CERT_WAIT_SECONDS = 240  # caddy retries a failed order after a minute, then later
 # caddy's admin API: a Unix socket in a runtime directory of mode 0700 that systemd makes for the
 # caddy user (a drop-in); `systemctl reload caddy` finds it through the Caddyfile's admin line.
 ADMIN_SOCKET = "/run/caddy/admin.sock"
@@ -75,10 +75,12 @@ class Caddy(Proxy):
         file_attributes(name="Caddyfile owner and mode", path=CADDYFILE, user="root", group="root", mode="644")
         # A reload reaches caddy at the admin address of the new Caddyfile: a caddy started before the
         # drop-in (its package's start, an older federate) listens elsewhere, so it is restarted once.
-        systemd.service(name="caddy: restart onto the admin socket", service="caddy", running=True,
-                        restarted=True, daemon_reload=True, _if=changed_or_owed([dropin], RESTART))
+        restart = systemd.service(name="caddy: restart onto the admin socket", service="caddy", running=True,
+                                  restarted=True, daemon_reload=True, _if=changed_or_owed([dropin], RESTART))
         settled(name="caddy: restart done", marker=RESTART)
-        reload_if_changed("caddy", RELOAD, caddyfile, *certificate_ops)
+        # Not reloaded right after that restart: a reload cancels the certificate orders the
+        # restart just started, and caddy may then wait minutes before it orders again.
+        reload_if_changed("caddy", RELOAD, caddyfile, *certificate_ops, restarted=restart)
         if self.certificates.by_proxy:
             names = sorted({name for _, names in wanted_certificates(self.settings) for name in names})
             caddy_certificates(name="caddy: ACME certificates issued", names=names)
@@ -106,4 +108,6 @@ def caddy_certificates(names: list[str]):
     test = " && ".join(f"ls {CADDY_CERTIFICATES}/*/{n}/{n}.crt" for n in map(shlex.quote, missing))
     yield StringCommand(f"for i in $(seq {CADDY_CERT_WAIT_SECONDS}); do {{ {test}; }} >/dev/null 2>&1"
                         f" && exit 0; sleep 1; done; echo 'caddy obtained no certificate for: "
-                        f"{' '.join(missing)} (journalctl -u caddy)' >&2; exit 1")
+                        f"{' '.join(missing)}; its last errors (journalctl -u caddy):' >&2; "
+                        f"journalctl -u caddy --since -{CADDY_CERT_WAIT_SECONDS + 60}s --no-pager -o cat "
+                        f"| grep -iE 'error|fail' | tail -n 5 >&2; exit 1")
