@@ -27,9 +27,10 @@ from federate.lab.runner import REPO_ROOT, run_deploy, write_inventory
 FEDERATE = str(Path(sys.executable).parent / "federate")
 NAME = "beta.test"
 TOPOLOGY = {"hosts": {
-    # seeding is not throttled by Synapse's message rate limit (0.2/s after a burst of 10)
+    # seeding is not throttled by Synapse's rate limits for messages and new rooms
     "hs1": {"homeservers": [{"server_name": NAME, "users": [{"localpart": "bob"}],
-                             "synapse_extra": {"rc_message": {"per_second": 1000, "burst_count": 10000}}}]},
+                             "synapse_extra": {"rc_message": {"per_second": 1000, "burst_count": 10000},
+                                               "rc_room_creation": {"per_second": 1000, "burst_count": 10000}}}]},
     "hs2": {"homeservers": []},  # the new host
 }}
 

@@ -136,10 +136,11 @@ TOPOLOGY = {"hosts": {
                              "users": [{"localpart": "alice", "admin": True}]}],
             "host_data": VARIANT},
     "hs2": {"release": "trixie",
-            # bob seeds history before test_variants_restore backs it up: Synapse's message rate
-            # limit (0.2/s after a burst of 10) would make that take minutes
+            # bob seeds history before test_variants_restore backs it up: Synapse's rate limits for
+            # messages (0.2/s after a burst of 10) and new rooms (about 1/min) would make that take minutes
             "homeservers": [{"server_name": "beta.test", "users": [{"localpart": "bob"}],
-                             "synapse_extra": {"rc_message": {"per_second": 100, "burst_count": 1000}}},
+                             "synapse_extra": {"rc_message": {"per_second": 100, "burst_count": 1000},
+                                               "rc_room_creation": {"per_second": 100, "burst_count": 1000}}},
                             {"server_name": "internal.beta.test", "profile": "internal",
                              "federation_whitelist": ["beta.test"], "users": [{"localpart": "dave"}]}],
             "host_data": VARIANT},
