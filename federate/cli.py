@@ -132,6 +132,29 @@ def backup_verify_command(args) -> int:
     return 0
 
 
+def add_destinations_parser(subparsers) -> None:
+    parser = subparsers.add_parser("destinations", help="the servers each homeserver federates with, which fail and "
+                                                       "why (Synapse's admin API, over the deploy's SSH)")
+    parser.add_argument("inventory", metavar="INVENTORY", help="the pyinfra inventory file the deploy uses")
+    parser.add_argument("--server", metavar="SERVER_NAME", help="only this homeserver")
+    parser.add_argument("--failing", action="store_true", help="only destinations that fail")
+    parser.add_argument("--rooms", action="store_true", help="list the ids of the rooms shared with each")
+    parser.add_argument("--json", action="store_true", help="print a list of {server_name, host, destinations}")
+    parser.add_argument("--reset", metavar="DESTINATION", help="with --server: reset Synapse's retry timer for "
+                        "DESTINATION, so queued events go out now")
+    parser.set_defaults(handler=destinations_command)
+
+
+def destinations_command(args) -> int:
+    from federate.destinations import UsageError, command
+
+    try:
+        return command(args, _print)
+    except UsageError as error:
+        print(f"federate: {error}", file=sys.stderr)
+        return 2
+
+
 def add_schema_parser(subparsers) -> None:
     parser = subparsers.add_parser("schema", help="print the JSON Schema of host data (for editors and CI)")
     parser.set_defaults(handler=schema_command)
@@ -265,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_verify_parser(subparsers)
     add_drift_parser(subparsers)
     add_backup_parser(subparsers)
+    add_destinations_parser(subparsers)
     add_schema_parser(subparsers)
     add_synapse_lock_parser(subparsers)
     add_lab_parser(subparsers)

@@ -15,6 +15,7 @@ def deploy_homeservers() -> None:
 
     from federate.deploy import (database, debian, dns_records, dumps, federation_check, firewall, proxy, restore,
                                  retired, synapse, system, tls)
+    from federate.deploy.admin import admin_tokens
     from federate.inventory import refuse, settings_for
     from federate.pyinfra_ext.lease import lock_acquired, lock_released, lock_renewed
 
@@ -46,6 +47,7 @@ def deploy_homeservers() -> None:
         database.configure(settings, release)
         dumps.before_version_change(settings)  # schema migrations cannot be undone
         synapse.install_synapse(settings, release)
+        admin_tokens(settings)  # for `federate destinations`, once Synapse answers
     renewed("the sites")
     proxy.homeserver_sites(chosen_proxy, certificate_ops)
     federation_check.after_deploy(settings)  # last: the federation check from the controller
