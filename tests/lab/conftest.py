@@ -96,8 +96,9 @@ def served_serial(info: dict, name: str, port: int) -> int:
 
 
 def _exit_on_sigterm(signum, frame):
-    # A CI time-out sends SIGTERM: turn it into an exception so every lab is still torn down.
-    raise SystemExit(f"terminated by signal {signum}")
+    # A CI time-out sends SIGTERM: stop the session as ^C does (SystemExit would only fail the
+    # current test and go on), and every lab is still torn down by its fixture.
+    raise KeyboardInterrupt(f"terminated by signal {signum}")
 
 
 def pytest_configure(config):
