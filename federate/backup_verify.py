@@ -26,22 +26,16 @@ import yaml
 
 from federate.backup import Remote, inventory_hosts
 from federate.deploy.synapse import SECRET_KEYS
-from federate.manifest import BackupError, backup_id, read_manifest
+from federate.manifest import BackupError, backup_id, parts, read_manifest
 
 TABLES = ("users", "rooms", "events")  # counted after a restore: a dump of an empty schema restores too
 SCRATCH_PREFIX = "federate_verify_"
 AS_POSTGRES = "runuser -u postgres --"
 
 
-def _parts(manifest: dict) -> list[str]:
-    """The files a backup of this database kind must hold (as `federate backup` writes them)."""
-    database = "database.dump" if manifest.get("database") == "postgres" else "database.sqlite"
-    return [database, "signing.key", "secrets.yaml", "media.tar", "config.tar"]
-
-
 def check_manifest(folder: Path) -> tuple[dict, str]:
     manifest = read_manifest(folder, check_hashes=True)
-    missing = [name for name in _parts(manifest) if name not in manifest["files"]]
+    missing = [name for name in parts(str(manifest.get("database"))) if name not in manifest["files"]]
     if manifest.get("database") not in ("postgres", "sqlite"):
         missing.append("database kind")
     if not isinstance(manifest.get("server_name"), str) or not manifest["server_name"]:

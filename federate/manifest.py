@@ -16,6 +16,15 @@ class BackupError(RuntimeError):
     pass
 
 
+def database_part(database: str) -> str:
+    return "database.dump" if database == "postgres" else "database.sqlite"
+
+
+def parts(database: str) -> list[str]:
+    """The files `federate backup` writes for a homeserver with this kind of database."""
+    return [database_part(database), "signing.key", "secrets.yaml", "media.tar", "config.tar"]
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as source:

@@ -96,7 +96,7 @@ class Restore:
     folder: str          # absolute, on the controller
     backup_id: str       # sha256 of its manifest: what the host records once restored
     synapse_version: str
-    files: tuple[str, ...]
+    signing_key_sha256: str  # the manifest's: a host with another key holds another identity
 
 
 @dataclass(frozen=True)
@@ -246,7 +246,7 @@ def _restore(host: str, path: str, raw: HomeserverData, database: str, synapse_v
         return None
     from packaging.version import Version
 
-    from federate.manifest import BackupError, backup_id, read_manifest
+    from federate.manifest import BackupError, backup_id, parts, read_manifest
 
     folder = (base_dir / Path(raw.restore_from).expanduser()).absolute()
     field_path = f"{path}.restore_from"
@@ -260,9 +260,7 @@ def _restore(host: str, path: str, raw: HomeserverData, database: str, synapse_v
     if manifest.get("database") != database:
         _fail(host, field_path, f"{folder} holds a {manifest.get('database')} database and this host uses "
               f"database: {database}: deploy with database: {manifest.get('database')}, then port it")
-    needed = {"database.dump" if database == "postgres" else "database.sqlite", "signing.key", "secrets.yaml",
-              "media.tar"}
-    if missing := sorted(needed - set(manifest["files"])):
+    if missing := [name for name in parts(database) if name not in manifest["files"]]:
         _fail(host, field_path, f"{folder}: the backup has no {', '.join(missing)}")
     made_by = str(manifest.get("synapse_version", ""))
     try:
@@ -272,7 +270,7 @@ def _restore(host: str, path: str, raw: HomeserverData, database: str, synapse_v
     if newer:
         _fail(host, field_path, f"{folder} was made by Synapse {made_by}, newer than synapse_version "
               f"{synapse_version}: its schema cannot be used by the older Synapse; deploy {made_by} or newer")
-    return Restore(str(folder), backup_id(folder), made_by, tuple(manifest["files"]))
+    return Restore(str(folder), backup_id(folder), made_by, manifest["files"]["signing.key"]["sha256"])
 
 
 def _homeserver(host: str, path: str, raw: HomeserverData, port: int) -> Homeserver:

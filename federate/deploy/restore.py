@@ -18,13 +18,13 @@ from pyinfra.operations import files, server
 
 from federate.deploy import paths
 from federate.deploy.database import sqlite_path
-from federate.manifest import BackupError, read_manifest
+from federate.manifest import BackupError, database_part, read_manifest
 from federate.settings import Homeserver, HostSettings
 
 STATE_ROOT = "/var/lib/federate"
 RESTORED_ROOT = f"{STATE_ROOT}/restored"  # one file per homeserver: the id of the backup it came from
 STAGING_ROOT = f"{STATE_ROOT}/restore"    # root-only; on disk, not /run (a media store can be large)
-PARTS = ("signing.key", "secrets.yaml", "media.tar")  # beside the database; config.tar is rendered anew
+PARTS = ("signing.key", "secrets.yaml", "media.tar")  # beside the database; homeserver.yaml is rendered anew
 
 
 def marker(server_name: str) -> str:
@@ -86,8 +86,7 @@ def problem(settings: HostSettings) -> str | None:
             return (f"{where}: {hs.server_name} already has a database with data on this host, and a restore never "
                     "replaces a live database. To keep it, take restore_from out of the inventory; to replace it "
                     f"on purpose, back it up first, then: {_drop_hint(settings, hs)}; and run again.")
-        manifest_key = read_manifest(hs.restore.folder, check_hashes=False)["files"]["signing.key"]["sha256"]
-        if state["key_sha256"] and state["key_sha256"] != manifest_key:
+        if state["key_sha256"] and state["key_sha256"] != hs.restore.signing_key_sha256:
             return (f"{where}: {hs.server_name} on this host has a signing key that is not the backup's "
                     f"({paths.signing_key(hs.server_name)}): it is another identity; move it away on purpose "
                     "and run again.")
@@ -135,7 +134,7 @@ def restore(settings: HostSettings, hs: Homeserver):
     name, folder = hs.server_name, hs.restore.folder
     logger.warning(f"[{host.name}] {name}: restored from {folder} (Synapse {hs.restore.synapse_version}; "
                    f"a newer Synapse migrates its schema when it starts)")
-    database = "database.dump" if settings.database == "postgres" else "database.sqlite"
+    database = database_part(settings.database)
     files.directory(name=f"{name}: restore staging dir (root only)", path=staging(name), user="root",
                     group="root", mode="700")
     for part in host.loop((database, *PARTS)):

@@ -46,7 +46,8 @@ def test_a_matching_backup_is_accepted_with_its_id(tmp_path):
     folder = backup_folder(tmp_path)
     restore = host_settings("h1", data(folder)).homeservers[0].restore
     assert restore.folder == str(folder) and restore.backup_id == backup_id(folder)
-    assert restore.synapse_version == "1.163.2" and "database.dump" in restore.files
+    assert restore.synapse_version == "1.163.2"
+    assert restore.signing_key_sha256 == hashlib.sha256(PARTS["signing.key"]).hexdigest()
 
 
 def test_relative_folders_are_relative_to_the_inventory(tmp_path):
