@@ -194,7 +194,9 @@ async def seed(account: Account, dns_server: str, ca_file: str, rooms: int, mess
             if not isinstance(room, RoomCreateResponse):
                 raise RuntimeError(f"{account.user_id} could not create a room: {room}")
             for m in range(messages):
-                await client.room_send(room.room_id, "m.room.message", {"msgtype": "m.text", "body": f"seed {r}.{m}"})
+                sent = await client.room_send(room.room_id, "m.room.message", {"msgtype": "m.text", "body": f"seed {r}.{m}"})
+                if not isinstance(sent, RoomSendResponse):  # a rate limit must not seed less than reported
+                    raise RuntimeError(f"{account.user_id} could not send: {sent}")
         uploaded = {}
         for f in range(files):
             data = os.urandom(file_size)
