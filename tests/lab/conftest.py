@@ -9,7 +9,9 @@ import socket
 import ssl
 import subprocess
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,20 @@ class LabSession:
         plan = json_document(dry)["plan"]
         assert not [(op["name"], op["hosts_with_change"]) for op in plan if op["hosts_with_change"]]
         return result
+
+
+@contextmanager
+def own_lab(prefix: str, topology: dict | None = None, release: str | None = None) -> Iterator[LabSession]:
+    """A suite's own lab, named by its letter and this pytest process (so two sessions never share
+    one), taken down whatever happens, a failed start included. None is the demo topology."""
+    lab = Lab(f"{prefix}{os.getpid() % 100000}", root=REPO_ROOT)
+    try:
+        start = time.monotonic()
+        session = LabSession(lab, lab.up(topology, release=release))
+        session.timings["lab_up"] = time.monotonic() - start
+        yield session
+    finally:
+        lab.down()
 
 
 # Every privileged port, the Synapse listener range and common service ports (caddy's admin 2019).
@@ -107,15 +123,8 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def lab():
-    lab = Lab(f"t{os.getpid() % 100000}", root=REPO_ROOT)
-    try:
-        start = time.monotonic()
-        info = lab.up(None)  # the demo topology: 2 hosts, 3 homeservers, users
-        session = LabSession(lab, info)
-        session.timings["lab_up"] = time.monotonic() - start
+    with own_lab("t") as session:  # the demo topology: 2 hosts, 3 homeservers, users
         yield session
-    finally:
-        lab.down()
 
 
 @pytest.fixture(scope="session")
@@ -155,11 +164,9 @@ PROVIDED_NAMES = ["alpha.test", "matrix.alpha.test"]  # hs1's own certificate; h
 
 @pytest.fixture(scope="session")
 def variant_lab(tmp_path_factory):
-    lab = Lab(f"c{os.getpid() % 100000}", root=REPO_ROOT)
     directory = tmp_path_factory.mktemp("provided")
-    try:
-        session = LabSession(lab, lab.up(TOPOLOGY))
-        files, session.info["provided_serial"] = issue_certificate(lab, directory, PROVIDED_NAMES)
+    with own_lab("c", TOPOLOGY) as session:
+        files, session.info["provided_serial"] = issue_certificate(session.lab, directory, PROVIDED_NAMES)
         session.info["inventory"] = with_provided_certificate(session.inventory, directory, "hs1", files,
                                                               "alpha.test")
         session.info["inventory"] = write_inventory(directory / "inventory.py", session.inventory,
@@ -168,8 +175,6 @@ def variant_lab(tmp_path_factory):
         run_deployed(session.inventory)
         session.timings["cold_deploy"] = time.monotonic() - start
         yield session
-    finally:
-        lab.down()
 
 
 def without_spare(hosts):

@@ -5,16 +5,14 @@ with tight modes, served as given, and a new certificate is one upload and one r
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from conftest import LabSession, issue_certificate, open_ports, served_serial, with_provided_certificate
+from conftest import issue_certificate, own_lab, open_ports, served_serial, with_provided_certificate
 from federate.lab import prove
 from federate.checker.report import check_server
-from federate.lab import Lab
-from federate.lab.runner import REPO_ROOT, assert_converged, changed_names, run_deploy, write_inventory
+from federate.lab.runner import assert_converged, changed_names, run_deploy, write_inventory
 
 pytestmark = pytest.mark.lab
 
@@ -38,18 +36,15 @@ PROVIDED_NAMES = ["delta.test", "matrix.delta.test"]  # SRV: the certificate cov
 
 @pytest.fixture(scope="module")
 def variant(tmp_path_factory):
-    lab = Lab(f"d{os.getpid() % 100000}", root=REPO_ROOT)
     directory = tmp_path_factory.mktemp("provided")
-    try:
-        info = lab.up(TOPOLOGY)
-        info["session"], info["provided_dir"] = LabSession(lab, info), directory
-        files, info["provided_serial"] = issue_certificate(lab, directory, PROVIDED_NAMES)
+    with own_lab("d", TOPOLOGY) as session:
+        info = session.info
+        info["session"], info["provided_dir"] = session, directory
+        files, info["provided_serial"] = issue_certificate(session.lab, directory, PROVIDED_NAMES)
         info["inventory"] = with_provided_certificate(info["inventory"], directory, "hs2", files, "delta.test")
         result = run_deploy(info["inventory"])
         assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
         yield info, result
-    finally:
-        lab.down()
 
 
 def test_deploy_prints_the_dns_records_to_create(variant):

@@ -16,6 +16,7 @@ import yaml
 
 from federate.lab import prove
 from federate.lab.clients import find_traces, leave_traces
+from conftest import own_lab
 from federate.lab import Lab
 from federate.settings import DEFAULTS
 from federate.lab.runner import PYINFRA, REPO_ROOT, assert_converged, run_deploy, write_inventory
@@ -73,11 +74,8 @@ class Solo:
 @pytest.fixture(scope="module", params=["bookworm", "trixie"])
 def solo(request):
     """The solo host, once on Debian 12 and once on Debian 13: every test here runs on both."""
-    lab = Lab(f"s{os.getpid() % 100000}", root=REPO_ROOT)
-    try:
-        yield Solo(lab, lab.up(TOPOLOGY, release=request.param))
-    finally:
-        lab.down()
+    with own_lab("s", TOPOLOGY, release=request.param) as session:
+        yield Solo(session.lab, session.info)
 
 
 def deploy_killed_at(inventory: str, operation: str, delay: float) -> bool:

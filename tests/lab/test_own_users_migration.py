@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from federate.lab import Lab, prove
+from conftest import own_lab
+from federate.lab import prove
 from federate.lab.clients import find_traces, leave_traces
 from federate.lab.runner import PYINFRA, REPO_ROOT, assert_converged, changed_names, run_deploy, write_inventory
 
@@ -36,12 +37,8 @@ KEPT = " ".join(f"/etc/matrix-synapse/{name}/{file}" for name in SERVERS for fil
 
 @pytest.fixture(scope="module")
 def solo(tmp_path_factory):
-    lab = Lab(f"m{os.getpid() % 100000}", root=REPO_ROOT)
-    try:
-        info = lab.up(TOPOLOGY)
-        yield lab, info, tmp_path_factory.mktemp("before")
-    finally:
-        lab.down()
+    with own_lab("m", TOPOLOGY) as session:
+        yield session.lab, session.info, tmp_path_factory.mktemp("before")
 
 
 def ssh(info: dict, command: str, check: bool = True) -> subprocess.CompletedProcess:

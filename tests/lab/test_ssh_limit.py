@@ -8,7 +8,6 @@ the firewall's SSH rules repair when they drift."""
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess
@@ -18,8 +17,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from conftest import LabSession
-from federate.lab import Lab
+from conftest import LabSession, own_lab
 from federate.lab.runner import (PYINFRA, REPO_ROOT, assert_converged, changed_operations, run_deploy, run_deployed,
                                  write_inventory)
 
@@ -46,16 +44,12 @@ def _with_ssh(lab: LabSession, path, ssh: dict) -> str:
 @pytest.fixture(scope="module")
 def limit_lab(tmp_path_factory):
     """Deployed first without the limit: exactly the rules federate wrote before it had one."""
-    lab = Lab(f"s{os.getpid() % 100000}", root=REPO_ROOT)
     directory = tmp_path_factory.mktemp("ssh-limit")
-    try:
-        session = LabSession(lab, lab.up(TOPOLOGY))
+    with own_lab("l", TOPOLOGY) as session:
         session.info["unlimited"] = _with_ssh(session, directory / "unlimited.py", {"rate_limit": False})
         session.info["untrusted"] = _with_ssh(session, directory / "untrusted.py", {"trusted_ranges": []})
         run_deployed(session.info["unlimited"])
         yield session
-    finally:
-        lab.down()
 
 
 # Between lab hosts the firewall is observed at the TCP level: a connection it lets through is

@@ -12,13 +12,12 @@ container, which only the real controllers (this machine, CI) do.
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 
 import pytest
 
-from federate.lab import Lab
+from conftest import own_lab
 from federate.lab.runner import REPO_ROOT
 
 pytestmark = pytest.mark.lab
@@ -29,12 +28,8 @@ CHECKOUT = "/root/federate"
 
 @pytest.fixture(scope="module")
 def controller():
-    lab = Lab(f"k{os.getpid() % 100000}", root=REPO_ROOT)
-    try:
-        info = lab.up(TOPOLOGY)
-        yield info
-    finally:
-        lab.down()
+    with own_lab("k", TOPOLOGY) as session:
+        yield session.info
 
 
 def ssh(info: dict, command: str, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -7,7 +7,6 @@ switch (nftables -> ufw -> nftables) keeps SSH and leaves no stale rules, and a 
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import threading
@@ -17,8 +16,7 @@ from contextlib import contextmanager
 import pytest
 
 from conftest import (LabSession, assert_hsts_and_no_version, assert_no_handshake_for_unknown_names,
-                      assert_tls_grade_a, issue_certificate, open_ports, remote_status, served_serial, tls_scan,
-                      with_provided_certificate)
+                      assert_tls_grade_a, open_ports, remote_status, served_serial, tls_scan)
 from federate.lab import prove
 from federate.checker.report import check_server
 from federate.lab.runner import assert_converged, changed_names, changed_operations, run_deploy, write_inventory
