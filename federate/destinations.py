@@ -14,6 +14,7 @@ import time
 from typing import Callable
 
 from federate.backup import Remote, inventory_hosts
+from federate.checker.hints import INFO, hint, host_hints, host_probe_targets
 from federate.checker.policy import failing_hints
 from federate.checker.report import check_server
 from federate.deploy import paths
@@ -73,17 +74,15 @@ def checked(destination: str, settings: HostSettings) -> dict:
              "fix": f"Run `federate check {destination}` for the details."}]}
 
 
-def hints_from(report: dict, hs: Homeserver) -> list[dict]:
-    """The check's errors and warnings (a private address the homeserver may reach is neither)."""
-    destination = report["ServerName"]
-    hints = [{"id": h["name"], "level": h["level"], "message": h["problem"], "fix": h["fix"]}
-             for h in failing_hints(report, hs.ip_range_whitelist)]
-    if report["FederationOK"]:
-        hints.append({"id": "reachable-now", "level": "info",
-                      "message": f"federate check from the controller finds {destination} reachable now",
-                      "fix": "If it keeps failing, look from the homeserver's host (its DNS, its outgoing firewall); "
-                             f"once fixed, reset the retry timer so queued events go out now (--reset {destination})."})
-    return hints
+def hints_from(report: dict, hs: Homeserver, probe: list[dict] | None = None, host: str = "") -> list[dict]:
+    """The check's errors and warnings (a private address the homeserver may reach is neither), then
+    what the homeserver's own host fails at where the controller got through (`probe`: the host-side
+    probe of the report's targets, None when it did not run)."""
+    found = failing_hints(report, hs.ip_range_whitelist) + host_hints(report, probe or [], host)
+    if report["FederationOK"] and not any(h["check"] == "host" for h in found):
+        probed = " (and so does the homeserver's host)" if probe else ""
+        found.append(hint("reachable-now", INFO, server_name=report["ServerName"], host_too=probed))
+    return [{"id": h["name"], "level": h["level"], "message": h["problem"], "fix": h["fix"]} for h in found]
 
 
 # --- talking to the host --------------------------------------------------------------------------
@@ -99,6 +98,24 @@ def admin_api(remote, hs: Homeserver, *args: str) -> dict:
     except ValueError:
         raise DestinationsError(f"host {remote.host}: unreadable answer from the admin API script: "
                                 f"{output[:200]}") from None
+
+
+def list_args(hs: Homeserver, with_room_ids: bool) -> list[str]:
+    """The host script's `list` arguments: with metrics on, the metrics page is read there too."""
+    return ["list", *(["rooms"] if with_room_ids else []), *([f"metrics={hs.metrics.url}"] if hs.metrics else [])]
+
+
+def host_probe(remote, targets: list[list]) -> list[dict] | None:
+    """The targets tried again from the host (hostscripts/egress_probe.py): its resolver, its egress,
+    its trust store. None when the probe cannot run (the controller's hints still stand)."""
+    if not targets:
+        return []
+    command = (f"{paths.VENV}/bin/python -c {shlex.quote(source('egress_probe.py'))} "
+               f"{shlex.quote(json.dumps(targets))}")
+    try:
+        return json.loads(remote.output(command))
+    except (BackupError, ValueError):
+        return None
 
 
 def api_problem(hs: Homeserver, host: str, answer: dict) -> str:
@@ -129,10 +146,11 @@ def chosen_homeservers(settings: dict[str, HostSettings], server: str | None,
 
 def gather(inventory: str, server: str | None = None, failing_only: bool = False, with_room_ids: bool = False,
            connect: Connect | None = None, check: Callable[[str, HostSettings], dict] | None = None,
-           loaded=None) -> list[dict]:
-    """Per homeserver: {server_name, host, destinations: [...]}, or with `error` when it cannot be
-    asked (SSH, Synapse down, no token): the others are still reported."""
-    connect, check = connect or Remote, check or checked
+           loaded=None, probe: Callable[[object, list], list | None] | None = None) -> list[dict]:
+    """Per homeserver: {server_name, host, destinations: [...]} (with metrics on, also pending_pdus and
+    pending_edus), or with `error` when it cannot be asked (SSH, Synapse down, no token): the others
+    are still reported."""
+    connect, check, probe = connect or Remote, check or checked, probe or host_probe
     settings, data = loaded or inventory_hosts(inventory)
     chosen = chosen_homeservers(settings, server, inventory)
     results, reports = [], {}
@@ -147,31 +165,47 @@ def gather(inventory: str, server: str | None = None, failing_only: bool = False
         try:
             for hs in homeservers:
                 results.append(_homeserver(remote, host, hs, settings[host], failing_only, with_room_ids,
-                                           check, reports))
+                                           check, reports, probe))
         finally:
             remote.close()
     return results
 
 
-def _homeserver(remote, host, hs, settings, failing_only, with_room_ids, check, reports) -> dict:
+def _homeserver(remote, host, hs, settings, failing_only, with_room_ids, check, reports, probe) -> dict:
     result = {"server_name": hs.server_name, "host": host, "destinations": []}
     try:
-        answer = admin_api(remote, hs, "list", *(["rooms"] if with_room_ids else []))
+        answer = admin_api(remote, hs, *list_args(hs, with_room_ids))
     except (BackupError, DestinationsError) as error:
         return {**result, "error": str(error)}
     if not answer.get("ok"):
         return {**result, "error": api_problem(hs, host, answer)}
-    for entry in sorted(answer["destinations"], key=lambda e: e["destination"]):
-        item = described(entry, with_room_ids)
-        if item["status"] in FAILED:
-            key = (item["destination"], settings.verify)
-            if key not in reports:  # one check per destination (and verify settings) and run
-                reports[key] = check(item["destination"], settings)
-            item["hints"] = hints_from(reports[key], hs)
-        elif failing_only:
-            continue
-        result["destinations"].append(item)
+    if hs.metrics:
+        result.update(pending_fields(answer.get("pending", {})))
+    items = [described(entry, with_room_ids) for entry in sorted(answer["destinations"], key=lambda e: e["destination"])]
+    failed = [item for item in items if item["status"] in FAILED]
+    for item in failed:
+        key = (item["destination"], settings.verify)
+        if key not in reports:  # one check per destination (and verify settings) and run
+            reports[key] = check(item["destination"], settings)
+    # One probe from the host for all its failing destinations: each name and port once.
+    targets = {tuple(t): None for item in failed for t in host_probe_targets(reports[(item["destination"],
+                                                                                       settings.verify)])}
+    found = probe(remote, [list(t) for t in targets]) if failed else []
+    for item in failed:
+        report = reports[(item["destination"], settings.verify)]
+        mine = {tuple(t) for t in host_probe_targets(report)}
+        seen = None if found is None else [p for p in found if (p["name"], p["port"], p["tls_name"]) in mine]
+        item["hints"] = hints_from(report, hs, seen, host)
+    result["destinations"] = [item for item in items if item["status"] in FAILED or not failing_only]
     return result
+
+
+def pending_fields(pending: dict) -> dict:
+    """The federation sender's queue from the metrics page, or why it could not be read."""
+    fields = {"pending_pdus": pending.get("pdus"), "pending_edus": pending.get("edus")}
+    if pending.get("error") or not pending:
+        fields["metrics_error"] = pending.get("error", "no answer from the metrics listener")
+    return fields
 
 
 def reset(inventory: str, server: str | None, destination: str, connect: Connect | None = None,
@@ -235,9 +269,19 @@ def format_table(results: list[dict], now_ms: int | None = None) -> str:
         destinations = result["destinations"]
         failing = sum(d["status"] in FAILED for d in destinations)
         lines.append(f"{title}: {len(destinations)} destination{'s' * (len(destinations) != 1)}, "
-                     f"{failing or 'none'} failing")
+                     f"{failing or 'none'} failing{queue_summary(result)}")
         lines += _table(destinations, now_ms)
     return "\n".join(lines)
+
+
+def queue_summary(result: dict) -> str:
+    """'; queued: 1 PDU, 0 EDUs' with metrics on (nothing without)."""
+    if "pending_pdus" not in result:
+        return ""
+    if result.get("metrics_error"):
+        return f"; queue unknown ({result['metrics_error']})"
+    pdus, edus = result["pending_pdus"], result["pending_edus"]
+    return f"; queued: {pdus} PDU{'s' * (pdus != 1)}, {edus} EDU{'s' * (edus != 1)}"
 
 
 def _table(destinations: list[dict], now_ms: int) -> list[str]:

@@ -106,6 +106,23 @@ class UserData(_Section):
     admin: bool = Field(False, description="a server admin")
 
 
+def _ip_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"must be an IP address such as '127.0.0.1' or '10.0.0.2', got {value!r}") from None
+
+
+class MetricsData(_Section):
+    """Synapse's Prometheus listener (opt-in): loopback by default, or a private address of the host
+    with the firewall open to the scrapers only."""
+    bind: Annotated[str, AfterValidator(_ip_address)] = Field(
+        "127.0.0.1", description="address the metrics listener binds: loopback, or a private address of the host")
+    port: Optional[int] = Field(None, description="its port, unique on the host (default: 9000, 9001, ...)")
+    scrapers: list[Cidr] = Field([], description="addresses (or CIDR ranges) of the Prometheus servers let in "
+                                                 "by the firewall; required with a non-loopback bind")
+
+
 class HomeserverData(_Section):
     server_name: ServerName = Field(description="the name in user IDs (@alice:example.com)")
     public_host: Optional[HostName] = Field(None, description="host serving the APIs when it differs "
@@ -135,6 +152,9 @@ class HomeserverData(_Section):
     client_allow_ranges: Optional[list[Cidr]] = Field(
         None, description="CIDR ranges allowed to reach the client API, e.g. an office network or VPN "
                           "(default: everyone)")
+    metrics: Optional[MetricsData] = Field(
+        None, description="Synapse's metrics listener, for Prometheus and the pending PDUs/EDUs of "
+                          "`federate destinations` (default: off)")
     restore_from: Optional[str] = Field(
         None, min_length=1, description="a backup folder of `federate backup` on the controller: a host where this "
                                         "homeserver has no data yet gets it restored (README, 'Restore and move')")
@@ -264,7 +284,9 @@ EXPECTED = {"homeservers": "a list of homeserver mappings", "delegations": "a li
             "tls": "a mapping with 'mode'", "verify": "a mapping such as {'after_deploy': true}",
             "certificates": "a mapping of certificate name -> {cert, key}", "port": "a port number",
             "ssh": "a mapping with 'rate_limit' and 'trusted_ranges'",
-            "trusted_ranges": "a list of addresses or CIDR ranges"}
+            "trusted_ranges": "a list of addresses or CIDR ranges",
+            "metrics": "a mapping such as {'bind': '127.0.0.1'} ({} for the defaults)",
+            "scrapers": "a list of addresses or CIDR ranges"}
 
 
 def field_path(loc: tuple) -> str:

@@ -21,10 +21,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
-from federate.host_data import (LETS_ENCRYPT, HomeserverData, HostData, SshData, TlsData, defaults,
+from federate.host_data import (LETS_ENCRYPT, HomeserverData, HostData, MetricsData, SshData, TlsData, defaults,
                                 first_problem, ours, server_name_problem)
 
-__all__ = ["DEFAULTS", "LETS_ENCRYPT", "Delegation", "Homeserver", "HostSettings", "Lock", "Restore", "SettingsError",
+__all__ = ["DEFAULTS", "LETS_ENCRYPT", "Delegation", "Homeserver", "HostSettings", "Lock", "Metrics", "Restore",
+           "SettingsError",
            "Ssh", "Tls",
            "User", "Verify", "certificate_names", "host_settings", "inventory_settings", "server_name_problem"]
 
@@ -35,6 +36,10 @@ DEFAULTS: dict[str, Any] = defaults()
 # Ports the proxy and SSH own on every host; Synapse listeners must stay off them.
 RESERVED_PORTS = {22, 80, 443, 8448}
 FIRST_SYNAPSE_PORT = 8008
+FIRST_METRICS_PORT = 9000  # Synapse's documented metrics port
+# Not routed on the internet, so a metrics listener may bind there: the private ranges and the
+# shared address space of carrier-grade NAT and overlay VPNs (100.64.0.0/10, e.g. Tailscale).
+SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")
 POSTGRES_NAME_LIMIT = 63  # bytes in an identifier (NAMEDATALEN - 1)
 OS_USER_LIMIT = 32  # characters useradd accepts in a user name
 
@@ -71,7 +76,7 @@ MANAGED_SYNAPSE_KEYS = frozenset({
     "pid_file", "log_config", "media_store_path", "signing_key_path", "report_stats",
     "registration_shared_secret", "registration_shared_secret_path", "macaroon_secret_key",
     "form_secret", "federation_domain_whitelist", "ip_range_whitelist",
-    "trusted_key_servers", "enable_registration", "max_upload_size",
+    "trusted_key_servers", "enable_registration", "max_upload_size", "enable_metrics",
     *VISIBILITY_DEFAULTS["external"],
 })
 
@@ -100,6 +105,25 @@ class Restore:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    """Synapse's metrics listener: on loopback, or on a private address of the host that the
+    firewall opens to `scrapers` only."""
+    bind: str
+    port: int
+    scrapers: tuple[str, ...] = ()
+
+    @property
+    def loopback(self) -> bool:
+        return ipaddress.ip_address(self.bind).is_loopback
+
+    @property
+    def url(self) -> str:
+        """Where the host itself reads it (an IPv6 address in brackets)."""
+        host = f"[{self.bind}]" if ":" in self.bind else self.bind
+        return f"http://{host}:{self.port}/_synapse/metrics"
+
+
+@dataclass(frozen=True)
 class Homeserver:
     server_name: str
     profile: str
@@ -117,6 +141,7 @@ class Homeserver:
     # else the given addresses plus the inventory hosts of its whitelisted partners (internal).
     federation_sources: tuple[str, ...] | None = None
     restore: Restore | None = None  # restore_from, checked against the backup's manifest
+    metrics: Metrics | None = None  # None: no metrics listener
 
     @property
     def host_name(self) -> str:
@@ -365,6 +390,60 @@ def _ports(host: str, raws: list[HomeserverData], ssh_port: int) -> list[int]:
     return ports
 
 
+def _metrics(host: str, raws: list[HomeserverData], ports: list[int], ssh_port: int) -> list[Metrics | None]:
+    """Each homeserver's metrics listener (None when off): its port off every other port of the host
+    (Synapse listeners, other metrics listeners, the proxy, SSH), its address not on the internet."""
+    taken = {port: f"homeservers[{i}].port" for i, port in enumerate(ports)}
+    for i, raw in enumerate(raws):
+        if raw.metrics is not None and raw.metrics.port is not None:
+            path = f"homeservers[{i}].metrics.port"
+            if not 1024 <= raw.metrics.port <= 65535:
+                _fail(host, path, f"must be 1024-65535, got {raw.metrics.port}")
+            if raw.metrics.port in RESERVED_PORTS | {ssh_port}:
+                _fail(host, path, f"{raw.metrics.port} is used by the proxy or SSH")
+            if raw.metrics.port in taken:
+                _fail(host, path, f"{raw.metrics.port} is already used by {taken[raw.metrics.port]}")
+            taken[raw.metrics.port] = path
+    found, candidate = [], FIRST_METRICS_PORT
+    for i, raw in enumerate(raws):
+        if raw.metrics is None:
+            found.append(None)
+            continue
+        port = raw.metrics.port
+        if port is None:
+            while candidate in taken or candidate in RESERVED_PORTS | {ssh_port}:
+                candidate += 1
+            port = candidate
+            taken[port] = f"homeservers[{i}].metrics.port"
+        found.append(Metrics(raw.metrics.bind, port, _scrapers(host, f"homeservers[{i}].metrics", raw.metrics)))
+    return found
+
+
+def _scrapers(host: str, path: str, raw: MetricsData) -> tuple[str, ...]:
+    """The scrapers the firewall lets in: none on loopback, at least one on a private address."""
+    bind = ipaddress.ip_address(raw.bind)
+    if bind.is_loopback:
+        if raw.scrapers:
+            _fail(host, f"{path}.scrapers", f"a listener on {raw.bind} (loopback) cannot be scraped from elsewhere: "
+                  "bind it to a private address of the host, or leave scrapers out (Prometheus on the host itself)")
+        return ()
+    if bind.is_unspecified or bind.is_link_local or bind.is_multicast or not (
+            bind.is_private or bind in SHARED_ADDRESS_SPACE):
+        _fail(host, f"{path}.bind", f"{raw.bind} is not a private address: the metrics listener is never put on "
+              "the internet (bind it to loopback, or to the host's address on a private network or VPN)")
+    if not raw.scrapers:
+        _fail(host, f"{path}.scrapers", f"is required with bind {raw.bind}: the addresses of the Prometheus "
+              "servers the firewall lets reach the metrics port (nobody else can)")
+    scrapers = []
+    for j, scraper in enumerate(raw.scrapers):
+        network = ipaddress.ip_network(scraper, strict=False)
+        if network.prefixlen == 0 or network.version != bind.version:
+            _fail(host, f"{path}.scrapers[{j}]", f"{scraper!r} must be an IPv{bind.version} address or range "
+                  f"(like the bind address) narrower than every address")
+        scrapers.append(str(network.network_address) if network.prefixlen == network.max_prefixlen else str(network))
+    return tuple(dict.fromkeys(scrapers))
+
+
 def certificate_names(homeservers: Iterable[Homeserver], delegations: Iterable[Delegation]
                       ) -> dict[str, tuple[str, ...]]:
     """Certificate name -> the DNS names it covers, for every site a host serves."""
@@ -475,7 +554,8 @@ def host_settings(host: str, data: Mapping[str, Any], base_dir: str | Path = "."
     if not raw.homeservers and not raw.delegations:
         _fail(host, "homeservers", "needs at least one homeserver (or 'delegations' for a delegation host)")
     ports = _ports(host, raw.homeservers, ssh_port)
-    homeservers = [replace(_homeserver(host, f"homeservers[{i}]", hs, ports[i]),
+    metrics = _metrics(host, raw.homeservers, ports, ssh_port)
+    homeservers = [replace(_homeserver(host, f"homeservers[{i}]", hs, ports[i]), metrics=metrics[i],
                            restore=_restore(host, f"homeservers[{i}]", hs, raw.database, raw.synapse_version, base_dir))
                    for i, hs in enumerate(raw.homeservers)]
     names = [hs.host_name for hs in homeservers]

@@ -1,7 +1,8 @@
 """From a check report to the likely fix: the troubles people hit most when federation fails.
 
 HINTS is the table (also the documentation of what `federate check` can diagnose); each
-detector below looks at the report and fills in one entry's blanks.
+detector below looks at the report and fills in one entry's blanks. `federate destinations` adds
+what a probe on the homeserver's own host finds (`host_hints`): its DNS, its egress, its trust store.
 """
 
 from __future__ import annotations
@@ -105,6 +106,34 @@ HINTS = {
         "fix": "Serve {{\"m.homeserver\": {{\"base_url\": \"https://<api host>\"}}}} at "
                "https://{host}/.well-known/matrix/client with a plain 200, Content-Type application/json "
                "and Access-Control-Allow-Origin: *; the base_url must answer /_matrix/client/versions.",
+    },
+    "reachable-now": {
+        "check": "general",
+        "problem": "federate check from the controller finds {server_name} reachable now{host_too}",
+        "fix": "If it keeps failing, look from the homeserver's host (its DNS, its outgoing firewall, its proxy "
+               "settings); once fixed, reset the retry timer so queued events go out now (--reset {server_name}).",
+    },
+    "host-dns": {
+        "check": "host",
+        "problem": "{host} (the homeserver's own host) {what} {name}: {message}; the controller resolves it to "
+                   "{addresses}",
+        "fix": "Fix name resolution on {host}: /etc/hosts entries for {name}, the resolvers in /etc/resolv.conf (or "
+               "systemd-resolved), a split-horizon DNS that answers the host differently; Synapse resolves with "
+               "the host's resolver.",
+    },
+    "host-egress": {
+        "check": "host",
+        "problem": "{host} (the homeserver's own host) cannot connect to {addr} ({name}): {message}; the controller "
+                   "reaches {name}",
+        "fix": "Let {host} connect out to port {port}/tcp: its outgoing firewall (nftables/ufw output rules), the "
+               "hosting provider's egress rules, a route to {address} (`ip route get {address}` on the host).",
+    },
+    "host-certificate": {
+        "check": "host",
+        "problem": "{host} (the homeserver's own host) does not trust the certificate of {addr} for {tls_name}: "
+                   "{message}; the controller does",
+        "fix": "Update {host}'s trust store (`apt install ca-certificates`, `update-ca-certificates`; a private "
+               "CA goes into /usr/local/share/ca-certificates/) and check its clock (`timedatectl`).",
     },
     "join-401": {
         "check": "general",
@@ -255,3 +284,45 @@ def _client(report):
 def _join_401(report):
     if not report["FederationOK"]:
         yield hint("join-401", INFO)
+
+
+# --- seen from a homeserver's own host (federate destinations) -------------------------------------
+
+def host_probe_targets(report: dict) -> list[list]:
+    """[name, port, tls_name] for each name the check resolved to an address, with the ports it
+    connected to there: what a probe on the homeserver's host tries again (hostscripts/egress_probe.py)."""
+    dns_result = report.get("DNSResult") or {}
+    ports_by_address: dict[str, list[int]] = {}
+    for key in dns_result.get("Addrs", []):
+        address, port = split_host_port(key)
+        ports_by_address.setdefault(address, []).append(port)
+    tls_name = split_host_port(report.get("WellKnownResult", {}).get("m.server") or report["ServerName"])[0]
+    return [[name, port, tls_name] for name, entry in dns_result.get("Hosts", {}).items()
+            for port in dict.fromkeys(p for a in entry["Addrs"] for p in ports_by_address.get(a, []))]
+
+
+def host_hints(report: dict, probe: list[dict], host: str) -> list[dict]:
+    """What the homeserver's host fails at where the controller (the report) succeeded."""
+    hosts = report.get("DNSResult", {}).get("Hosts", {})
+    connected = report.get("ConnectionReports", {})
+    found = []
+    for target in probe:
+        name, port = target["name"], target["port"]
+        controller = hosts.get(name, {}).get("Addrs", [])
+        seen = [a["address"] for a in target["addresses"]]
+        if target["resolve_error"] or not set(seen) & set(controller):
+            what, message = (("cannot resolve", target["resolve_error"]) if target["resolve_error"] else
+                             ("resolves other addresses for", ", ".join(seen)))
+            found.append(hint("host-dns", ERROR if target["resolve_error"] else WARNING, host=host, what=what,
+                              name=name, message=message, addresses=", ".join(controller)))
+        for attempt in target["addresses"]:
+            address = attempt["address"]
+            addr = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+            # Only where the controller got through: a port closed to everyone has its own hint.
+            if attempt["connect_error"] and connected and (addr in connected or address not in controller):
+                found.append(hint("host-egress", ERROR, host=host, addr=addr, name=name, address=address,
+                                  port=port, message=attempt["connect_error"]))
+            elif attempt["tls_error"] and connected.get(addr, {}).get("Checks", {}).get("ValidCertificates"):
+                found.append(hint("host-certificate", ERROR, host=host, addr=addr, tls_name=target["tls_name"],
+                                  message=attempt["tls_error"]))
+    return found

@@ -25,7 +25,7 @@ def deploy_homeservers() -> None:
         refuse(problem)  # before any other fact: those assume a Debian host
     release = debian.release_of(distribution)
     if problem := (database.backend_switch_problem(settings) or synapse.downgrade_problem(settings)
-                   or restore.problem(settings)):
+                   or synapse.metrics_bind_problem(settings) or restore.problem(settings)):
         refuse(problem)
     dns_records.announce(settings)
     lease = settings.lock.lease

@@ -4,8 +4,10 @@ A host remembers every homeserver it ran by its config directory. One that is no
 settings is retired: its unit stopped and disabled (so it neither answers nor restarts at boot),
 while its config, signing key, secrets, data, database and OS user stay where they are. Its proxy
 site goes with the next site run (the proxy writes only the settings' sites) and its certificate
-is no longer renewed (federate.deploy.tls). Putting it back into the inventory brings it back as
-it was: same key, same users, same rooms.
+is no longer renewed (federate.deploy.tls). Its admin token file (federate.deploy.admin) is the one
+thing removed: a credential for a server that no longer runs is no use to anyone but an intruder,
+and the token is made again from the shared secret when the homeserver comes back. Putting it back
+into the inventory brings it back as it was: same key, same users, same rooms.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import shlex
 
 from pyinfra import host, logger
 from pyinfra.api import FactBase, deploy
-from pyinfra.operations import systemd
+from pyinfra.operations import files, systemd
 
 from federate.deploy import paths
+from federate.deploy.admin import token_path
 from federate.deploy.dumps import DUMPS_ROOT
 from federate.settings import HostSettings, database_name, os_user
 
@@ -63,7 +66,8 @@ def kept_and_how_to_delete(settings: HostSettings, name: str) -> str:
             f"{database_name(name)}" if settings.database == "postgres" else "")
     return (f"{name} is not in the inventory any more: stopped and disabled, nothing deleted. Kept: "
             f"{paths.conf_dir(name)} (config, signing key, secrets), {paths.data_dir(name)} (media), {database}, "
-            f"OS user {os_user(name)}, dumps in {DUMPS_ROOT}/{name}, its certificate (not renewed). Put it back into "
+            f"OS user {os_user(name)}, dumps in {DUMPS_ROOT}/{name}, its certificate (not renewed); only its admin "
+            f"token {token_path(name)} is removed. Put it back into "
             f"the inventory to run it again as it was; to delete it for good (its signing key too, so its server name "
             f"cannot come back with its history): rm -r {paths.conf_dir(name)} {paths.data_dir(name)} "
             f"{DUMPS_ROOT}/{name} /etc/systemd/system/{paths.unit(name)}.d{drop} && userdel {os_user(name)}")
@@ -75,3 +79,5 @@ def retire_removed(settings: HostSettings):
         logger.warning(f"[{host.name}] {kept_and_how_to_delete(settings, name)}")
         systemd.service(name=f"{name}: retired (stopped and disabled, its data kept)", service=paths.unit(name),
                         running=False, enabled=False)
+        files.file(name=f"{name}: its admin token removed (made again if it comes back)", path=token_path(name),
+                   present=False)

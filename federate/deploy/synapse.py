@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 from pyinfra import host, logger
 from pyinfra.api import deploy
+from pyinfra.facts.hardware import Ipv4Addrs, Ipv6Addrs
 from pyinfra.operations import files, server, systemd
 
 from federate.deploy import locks, paths, restore
@@ -45,7 +46,7 @@ def homeserver_config(settings: HostSettings, hs: Homeserver) -> dict[str, Any]:
             "tls": False,
             "x_forwarded": True,
             "resources": [{"names": ["client", *federation], "compress": False}],
-        }],
+        }, *metrics_listeners(hs)],
         "database": database_config(settings, hs),
         "media_store_path": f"{paths.data_dir(hs.server_name)}/media_store",
         "signing_key_path": paths.signing_key(hs.server_name),
@@ -53,6 +54,8 @@ def homeserver_config(settings: HostSettings, hs: Homeserver) -> dict[str, Any]:
         "max_upload_size": settings.max_upload_size,
         **hs.visibility,
     }
+    if hs.metrics is not None:
+        config["enable_metrics"] = True
     if hs.federation_whitelist is not None:
         config["federation_domain_whitelist"] = list(hs.federation_whitelist)
     if hs.ip_range_whitelist:
@@ -62,6 +65,14 @@ def homeserver_config(settings: HostSettings, hs: Homeserver) -> dict[str, Any]:
         config["trusted_key_servers"] = key_servers
     config.update(hs.synapse_extra)
     return config
+
+
+def metrics_listeners(hs: Homeserver) -> list[dict[str, Any]]:
+    """Synapse's Prometheus listener, when metrics are on: plain HTTP on loopback or on a private
+    address (the firewall lets only the scrapers reach it there)."""
+    if hs.metrics is None:
+        return []
+    return [{"port": hs.metrics.port, "bind_addresses": [hs.metrics.bind], "type": "metrics", "tls": False}]
 
 
 def trusted_key_servers(settings: HostSettings, hs: Homeserver) -> list | None:
@@ -102,6 +113,22 @@ def downgrade_problem(settings: HostSettings) -> str | None:
                             script=source("downgrade_check.py"))
     if verdict.startswith("refused: "):
         return f"host {settings.host}: synapse_version: {verdict[len('refused: '):]} (installed: {installed})"
+    return None
+
+
+def metrics_bind_problem(settings: HostSettings) -> str | None:
+    """A metrics listener on a private address the host does not have would keep Synapse from
+    starting: refused while planning. Costs a fact only when such a listener is configured."""
+    wanted = [(i, hs.metrics.bind) for i, hs in enumerate(settings.homeservers)
+              if hs.metrics is not None and not hs.metrics.loopback]
+    if not wanted:
+        return None
+    own = {address for fact in (Ipv4Addrs, Ipv6Addrs) for addresses in (host.get_fact(fact) or {}).values()
+           for address in addresses}
+    for i, bind in wanted:
+        if bind not in own:
+            return (f"host {settings.host}: homeservers[{i}].metrics.bind: {bind} is not an address of this host "
+                    f"(it has {', '.join(sorted(own)) or 'none'})")
     return None
 
 

@@ -10,7 +10,7 @@ from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
 from pyinfra.operations import systemd
 
-from federate.deploy.firewall import WEB_PORTS, Firewall
+from federate.deploy.firewall import WEB_PORTS, Firewall, metrics_openings, policy_summary
 from federate.deploy.templating import render
 from federate.pyinfra_ext.files import config_file, file_attributes
 
@@ -18,13 +18,16 @@ NFTABLES_CONF = "/etc/nftables.conf"
 NFT_TABLE = "inet federate"
 
 
-def render_nftables_conf(ssh_port: int, rate_limit: bool = True, trusted_ranges=()) -> str:
+def render_nftables_conf(ssh_port: int, rate_limit: bool = True, trusted_ranges=(), metrics=()) -> str:
     """The policy; with `rate_limit`, new SSH connections are limited per source address except
-    from `trusted_ranges` (addresses or CIDR ranges, IPv4 and IPv6)."""
+    from `trusted_ranges` (addresses or CIDR ranges, IPv4 and IPv6); each of `metrics`
+    (MetricsOpening) lets its scrapers reach its listener's address and port."""
     trusted = list(trusted_ranges) if rate_limit else []
     return render("nftables.conf.j2", ssh_port=ssh_port, web_ports=[p for p in WEB_PORTS if p != ssh_port],
                   rate_limit=rate_limit, trusted4=[r for r in trusted if ipaddress.ip_network(r).version == 4],
-                  trusted6=[r for r in trusted if ipaddress.ip_network(r).version == 6])
+                  trusted6=[r for r in trusted if ipaddress.ip_network(r).version == 6],
+                  metrics=[{"family": "ip" if ipaddress.ip_address(o.bind).version == 4 else "ip6", "bind": o.bind,
+                            "port": o.port, "scrapers": o.scrapers} for o in metrics])
 
 
 class NftablesLive(FactBase):
@@ -87,11 +90,11 @@ class Nftables(Firewall):
     def apply(self, settings):
         config_file(name="nftables.conf", dest=NFTABLES_CONF, mode="755",
                     content=render_nftables_conf(settings.ssh_port, settings.ssh.rate_limit,
-                                                 settings.ssh.trusted_ranges),
+                                                 settings.ssh.trusted_ranges, metrics_openings(settings)),
                     check="nft -c -f {path}")
         file_attributes(name="nftables.conf owner and mode", path=NFTABLES_CONF, user="root", group="root",
                         mode="755")
-        nftables_live(name=f"nftables: allow only SSH ({settings.ssh_port}), 80, 443, 8448",
+        nftables_live(name=f"nftables: {policy_summary(settings)}",
                       path=NFTABLES_CONF)
         # Loaded at boot by the unit; not started here, as its stop flushes every table, ufw's too.
         systemd.service(name="nftables: loaded at boot", service="nftables", enabled=True)

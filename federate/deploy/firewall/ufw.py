@@ -10,7 +10,7 @@ from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
 from pyinfra.facts.server import Which
 
-from federate.deploy.firewall import WEB_PORTS, Firewall
+from federate.deploy.firewall import WEB_PORTS, Firewall, metrics_openings, policy_summary
 
 
 class UfwState(FactBase):
@@ -70,6 +70,11 @@ def wanted_rules(ssh_port: int, rate_limit: bool = True, trusted_ranges=()) -> t
     first = [f"allow from {r} to any port {ssh_port} proto tcp" for r in trusted_ranges] if rate_limit else []
     ssh = f"{'limit' if rate_limit else 'allow'} {ssh_port}/tcp"
     return first, [ssh, *(f"allow {port}/tcp" for port in WEB_PORTS if port != ssh_port)]
+
+
+def metrics_rules(openings) -> list[str]:
+    """`ufw show added` form: each scraper to the listener's own address and port only."""
+    return [f"allow from {scraper} to {o.bind} port {o.port} proto tcp" for o in openings for scraper in o.scrapers]
 
 
 def _target(rule: str) -> str:
@@ -172,8 +177,8 @@ class Ufw(Firewall):
 
     def apply(self, settings):
         first, rules = wanted_rules(settings.ssh_port, settings.ssh.rate_limit, settings.ssh.trusted_ranges)
-        ufw_policy(name=f"ufw: allow only SSH ({settings.ssh_port}), 80, 443, 8448",
-                   rules=rules, first=first)
+        ufw_policy(name=f"ufw: {policy_summary(settings)}",
+                   rules=rules + metrics_rules(metrics_openings(settings)), first=first)
 
     def retire(self):
         ufw_off(name="ufw: off, no rules left (firewall is nftables)")

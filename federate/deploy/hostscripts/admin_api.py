@@ -1,9 +1,11 @@
 """Synapse's federation admin API on this host's loopback, for `federate destinations`: run as root
 with the venv's Python (standard library only); prints one JSON document.
 
-argv: TOKEN_FILE PORT list [rooms]   every destination with its room count (and room ids)
+argv: TOKEN_FILE PORT list [rooms] [metrics=URL]   every destination with its room count (and room ids);
+                                                 with a metrics URL, the federation sender's queue too
       TOKEN_FILE PORT reset DESTINATION   reset_connection: queued events go out now
-The token is read here and sent only to 127.0.0.1: it never leaves the host."""
+The token is read here and sent only to 127.0.0.1: it never leaves the host. The metrics listener is
+read on this host too (loopback, or its own private address)."""
 
 import json
 import sys
@@ -66,6 +68,31 @@ def destinations(call, with_room_ids: bool) -> list[dict]:
     return found
 
 
+# The federation sender's queues (gauges summed over destinations), by their Prometheus names.
+PENDING = {"pdus": "synapse_federation_transaction_queue_pending_pdus",
+           "edus": "synapse_federation_transaction_queue_pending_edus"}
+
+
+def pending(url: str) -> dict:
+    """{"pdus": N, "edus": M} from Synapse's metrics page, or {"error": why}."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as reply:
+            text = reply.read().decode()
+    except (urllib.error.URLError, OSError) as error:
+        return {"error": f"{url}: {getattr(error, 'reason', error)}"}
+    found = {key: gauge(text, name) for key, name in PENDING.items()}
+    if None in found.values():  # e.g. a federation sender worker, whose own listener has them
+        return {"error": f"{url} has no {' or '.join(n for k, n in PENDING.items() if found[k] is None)}"}
+    return found
+
+
+def gauge(text: str, name: str):
+    """The sum of a metric's samples (one per label set, e.g. server_name); None when it is absent."""
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.split("{", 1)[0].split(" ", 1)[0] == name]
+    return int(sum(values)) if values else None
+
+
 def reset(call, destination: str) -> dict:
     return call(f"{API}/{urllib.parse.quote(destination, safe='')}/reset_connection", "POST")
 
@@ -81,7 +108,10 @@ def run(argv: list[str]) -> dict:
     try:
         if action == "reset":
             return {"ok": True, "reset": reset(call, rest[0])}
-        return {"ok": True, "destinations": destinations(call, rest == ["rooms"])}
+        answer = {"ok": True, "destinations": destinations(call, "rooms" in rest)}
+        for url in [a.split("=", 1)[1] for a in rest if a.startswith("metrics=")]:
+            answer["pending"] = pending(url)
+        return answer
     except ApiError as error:
         return {"ok": False, "kind": "api", "status": error.status, "errcode": error.errcode, "error": error.error}
     except (urllib.error.URLError, OSError) as error:
