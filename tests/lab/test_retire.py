@@ -46,6 +46,8 @@ def test_retired_homeserver_keeps_everything_and_comes_back(deployed, tmp_path):
         assert state[:3] == ["inactive", "disabled", f"{NAME}.conf"], state
         assert f"federate-{NAME}.conf" not in state and state[-2:] == ["user", "1"], state
         assert deployed.ssh("hs1", f"sha256sum {KEPT}").stdout == hashes
+        # its admin token is the one thing removed: a credential of a server that does not run
+        assert deployed.ssh("hs1", f"ls /etc/federate/admin").stdout.split() == ["alpha.test.token"]
         with pytest.raises(OSError):  # its name gets no TLS handshake any more (ssl.SSLError)
             https_get(NAME, 443, "/_matrix/client/versions", ca_file=info["ca_file"], dns_server=info["dns"])
         assert_converged(retired)  # retired stays retired: no change, no failure
@@ -53,6 +55,7 @@ def test_retired_homeserver_keeps_everything_and_comes_back(deployed, tmp_path):
         back = run_deploy(deployed.inventory)
         assert back.returncode == 0, back.stderr[-4000:]
     assert deployed.ssh("hs1", f"sha256sum {KEPT}").stdout == hashes
+    assert deployed.ssh("hs1", "ls /etc/federate/admin").stdout.split() == ["alpha.test.token", f"{NAME}.token"]
     assert deployed.ssh("hs1", f"systemctl is-active matrix-synapse@{NAME}; ls /etc/letsencrypt/renewal").stdout.split() \
         == ["active", "alpha.test.conf", f"{NAME}.conf"]
     messages, media_sha256 = asyncio.run(find_traces(carol, info["dns"], info["ca_file"], traces))
