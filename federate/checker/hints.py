@@ -325,4 +325,4 @@ def host_hints(report: dict, probe: list[dict], host: str) -> list[dict]:
             elif attempt["tls_error"] and connected.get(addr, {}).get("Checks", {}).get("ValidCertificates"):
                 found.append(hint("host-certificate", ERROR, host=host, addr=addr, tls_name=target["tls_name"],
                                   message=attempt["tls_error"]))
-    return found
+    return sorted(found, key=lambda h: [ERROR, WARNING, INFO].index(h["level"]))

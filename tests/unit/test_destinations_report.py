@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 from urllib.parse import parse_qs, unquote, urlparse
@@ -17,7 +18,8 @@ from federate import destinations as dest
 from federate.cli import main
 from federate.deploy import admin, paths
 from federate.manifest import BackupError
-from federate.settings import host_settings
+from federate.checker.hints import host_probe_targets
+from federate.settings import Metrics, host_settings
 
 TOKEN = "syt_secret-token-value"
 NOW = 1_700_000_000_000
@@ -29,6 +31,7 @@ class FakeSynapse(BaseHTTPRequestHandler):
     destinations: list[dict] = []
     rooms: dict[str, list[str]] = {}
     requests: list[str] = []
+    metrics_page = ""
 
     def log_message(self, *args):
         pass
@@ -56,6 +59,12 @@ class FakeSynapse(BaseHTTPRequestHandler):
         return True
 
     def do_GET(self):
+        if self.path == "/_synapse/metrics":  # the metrics listener asks for no token
+            data = self.metrics_page.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            return self.wfile.write(data)
         if not self._authorized():
             return
         url = urlparse(self.path)
@@ -103,7 +112,7 @@ def destination(name, **fields):
 @pytest.fixture
 def synapse(tmp_path, monkeypatch):
     """A fake admin API on a free loopback port, the token file it expects, and the inventory settings."""
-    FakeSynapse.destinations, FakeSynapse.rooms, FakeSynapse.requests = [], {}, []
+    FakeSynapse.destinations, FakeSynapse.rooms, FakeSynapse.requests, FakeSynapse.metrics_page = [], {}, [], ""
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeSynapse)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setattr(admin, "TOKEN_ROOT", str(tmp_path))
@@ -321,3 +330,134 @@ def test_a_check_that_cannot_run_is_a_hint(monkeypatch):
     s = host_settings("h1", {"homeservers": [{"server_name": "a.test"}]})
     [entry] = dest.hints_from(dest.checked("b.test", s), s.homeservers[0])
     assert (entry["id"], entry["message"]) == ("check-failed", "federate check: bad DNS server address")
+
+
+# --- metrics: the federation sender's queue ----------------------------------------------------------
+
+METRICS_PAGE = """# HELP synapse_federation_transaction_queue_pending_pdus
+# TYPE synapse_federation_transaction_queue_pending_pdus gauge
+synapse_federation_transaction_queue_pending_pdus{server_name="a.test"} 3.0
+synapse_federation_transaction_queue_pending_pdus_other 7.0
+synapse_federation_transaction_queue_pending_edus 2.0
+"""
+
+
+def with_metrics(synapse):
+    """The inventory of the fixture with a.test's metrics listener on the fake's own port."""
+    settings, data = synapse.loaded
+    s = settings["h1"]
+    hs = replace(s.homeservers[0], metrics=Metrics("127.0.0.1", synapse.port))
+    return {"h1": replace(s, homeservers=(hs, *s.homeservers[1:]))}, data
+
+
+def test_with_metrics_on_the_queue_is_read_on_the_host(synapse):
+    FakeSynapse.destinations, FakeSynapse.metrics_page = [destination("b.test")], METRICS_PAGE
+    synapse.loaded = with_metrics(synapse)
+    [result] = gather(synapse, server="a.test")
+    assert (result["pending_pdus"], result["pending_edus"]) == (3, 2) and "metrics_error" not in result
+    assert dest.format_table([result], NOW).splitlines()[0] == \
+        "a.test on h1: 1 destination, none failing; queued: 3 PDUs, 2 EDUs"
+    FakeSynapse.metrics_page = "synapse_federation_transaction_queue_pending_pdus 1.0\n"  # no EDU gauge here
+    [result] = gather(synapse, server="a.test")
+    assert result["pending_pdus"] is None and result["metrics_error"].endswith(
+        "/_synapse/metrics has no synapse_federation_transaction_queue_pending_edus")
+    assert "; queue unknown (" in dest.format_table([result], NOW).splitlines()[0]
+
+
+def test_without_metrics_no_queue_fields(synapse):
+    FakeSynapse.destinations = [destination("b.test")]
+    [result] = gather(synapse, server="a.test")
+    assert "pending_pdus" not in result and "queued" not in dest.format_table([result], NOW)
+
+
+# --- hints from the homeserver's own host ------------------------------------------------------------
+
+def resolved_report(ok=True):
+    """A report whose check resolved b.test to 10.0.0.5 and connected there on 8448 (valid TLS)."""
+    connection = {"TLSName": "b.test", "Checks": {"ValidCertificates": True}}
+    return {"ServerName": "b.test", "FederationOK": ok, "Hints": [],
+            "WellKnownResult": {"m.server": ""},
+            "DNSResult": {"Hosts": {"b.test": {"CName": "", "Addrs": ["10.0.0.5"], "Error": None}},
+                          "Addrs": ["10.0.0.5:8448"]},
+            "ConnectionReports": {"10.0.0.5:8448": connection} if ok else {},
+            "ConnectionErrors": {} if ok else {"10.0.0.5:8448": {"Message": "refused", "Kind": "refused"}}}
+
+
+def probed(resolve_error=None, addresses=(), connect_error=None, tls_error=None):
+    return [{"name": "b.test", "port": 8448, "tls_name": "b.test", "resolve_error": resolve_error,
+             "addresses": [{"address": a, "connect_error": connect_error, "tls_error": tls_error} for a in addresses]}]
+
+
+def test_probe_targets_are_the_names_and_ports_the_check_resolved():
+    assert host_probe_targets(resolved_report()) == [["b.test", 8448, "b.test"]]
+    delegated = {**resolved_report(), "WellKnownResult": {"m.server": "matrix.b.test:443"},
+                 "DNSResult": {"Hosts": {"matrix.b.test": {"Addrs": ["10.0.0.6"]}}, "Addrs": ["10.0.0.6:443"]}}
+    assert host_probe_targets(delegated) == [["matrix.b.test", 443, "matrix.b.test"]]
+    assert host_probe_targets(report("b.test")) == []  # nothing resolved: nothing to try again
+
+
+@pytest.mark.parametrize("probe, ids", [
+    (probed(addresses=["10.0.0.5"]), ["reachable-now"]),
+    (probed(resolve_error="gaierror: [Errno -2] Name or service not known"), ["host-dns"]),
+    (probed(addresses=["10.0.0.5"], connect_error="ConnectionRefusedError: [Errno 111] Connection refused"),
+     ["host-egress"]),
+    (probed(addresses=["10.0.0.5"], tls_error="SSLCertVerificationError: unable to get local issuer certificate"),
+     ["host-certificate"]),
+    (probed(addresses=["10.9.9.9"], connect_error="TimeoutError: timed out"), ["host-egress", "host-dns"]),
+])
+def test_host_hints_where_the_controller_got_through(probe, ids):
+    hs = host_settings("h1", {"homeservers": [{"server_name": "a.test"}]}).homeservers[0]
+    found = dest.hints_from(resolved_report(), hs, probe, "hs1")
+    assert [h["id"] for h in found] == ids
+    for h in found:
+        assert h["message"] and h["fix"] and (h["id"] == "reachable-now" or h["message"].startswith("hs1 "))
+    if ids == ["reachable-now"]:
+        assert "(and so does the homeserver's host)" in found[0]["message"]
+
+
+def test_no_host_hint_where_the_controller_fails_too():
+    hs = host_settings("h1", {"homeservers": [{"server_name": "a.test"}]}).homeservers[0]
+    probe = probed(addresses=["10.0.0.5"], connect_error="ConnectionRefusedError: [Errno 111] Connection refused")
+    assert [h["id"] for h in dest.hints_from(resolved_report(ok=False), hs, probe, "hs1")] == []
+
+
+def test_one_probe_per_homeserver_for_all_its_failing_destinations(synapse):
+    FakeSynapse.destinations = [destination(n, failure_ts=NOW, retry_last_ts=NOW, retry_interval=600_000,
+                                            last_successful_stream_ordering=1) for n in ("b.test", "c.test")]
+    calls = []
+
+    def probe(remote, targets):
+        calls.append(targets)
+        return probed(addresses=["10.0.0.5"], connect_error="ConnectionRefusedError: refused")
+
+    [result] = gather(synapse, server="a.test", check=lambda name, s: resolved_report(), probe=probe)
+    assert calls == [[["b.test", 8448, "b.test"]]]  # the same name and port once
+    assert [[h["id"] for h in d["hints"]] for d in result["destinations"]] == [["host-egress"], ["host-egress"]]
+
+
+def test_the_probe_script_itself(tmp_path):
+    """egress_probe.py as the host runs it: a closed port, and a port that answers without TLS."""
+    import socket
+
+    from federate.deploy.hostscripts import source
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        plain, closed = listener.getsockname()[1], free_port()
+        script = tmp_path / "probe.py"
+        script.write_text(source("egress_probe.py"))
+
+        def answer_and_close():
+            connection, _ = listener.accept()
+            connection.sendall(b"HTTP/1.0 400 no TLS here\r\n\r\n")
+            connection.close()
+        threading.Thread(target=answer_and_close, daemon=True).start()
+        out = subprocess.run([sys.executable, str(script), json.dumps([["localhost", plain, "b.test"],
+                                                                        ["127.0.0.1", closed, "b.test"]])],
+                             capture_output=True, text=True, timeout=60)
+    answering, refusing = json.loads(out.stdout)
+    assert answering["resolve_error"] is None and "127.0.0.1" in [a["address"] for a in answering["addresses"]]
+    first = next(a for a in answering["addresses"] if a["address"] == "127.0.0.1")
+    assert first["connect_error"] is None and first["tls_error"]
+    assert refusing["addresses"][0]["connect_error"].startswith("ConnectionRefusedError")

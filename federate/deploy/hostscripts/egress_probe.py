@@ -20,7 +20,7 @@ def resolved(name: str, port: int) -> tuple[list[str], str | None]:
     """(addresses, error) from this host's resolver."""
     try:
         infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
-    except OSError as error:
+    except (OSError, UnicodeError) as error:  # UnicodeError: a name IDNA cannot encode
         return [], f"{type(error).__name__}: {error}"
     return list(dict.fromkeys(info[4][0] for info in infos))[:MAX_ADDRESSES], None
 
