@@ -9,18 +9,27 @@ brings it back: same signing key, carol's room, messages and media, federation w
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from federate.checker.http import https_get
 from federate.lab import prove
 from federate.lab.clients import find_traces, leave_traces
-from federate.lab.runner import assert_converged, run_deploy, write_inventory
+from federate.lab.runner import REPO_ROOT, assert_converged, run_deploy, write_inventory
 
 pytestmark = pytest.mark.lab
 
 NAME = "internal.alpha.test"
 KEPT = f"/etc/matrix-synapse/{NAME}/signing.key /etc/matrix-synapse/{NAME}/secrets.yaml"
+
+
+def destinations(deployed, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "federate"), "destinations", deployed.inventory, *args],
+                          cwd=REPO_ROOT, text=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=600)
 
 
 def test_retired_homeserver_keeps_everything_and_comes_back(deployed, tmp_path):
@@ -47,7 +56,7 @@ def test_retired_homeserver_keeps_everything_and_comes_back(deployed, tmp_path):
         assert f"federate-{NAME}.conf" not in state and state[-2:] == ["user", "1"], state
         assert deployed.ssh("hs1", f"sha256sum {KEPT}").stdout == hashes
         # its admin token is the one thing removed: a credential of a server that does not run
-        assert deployed.ssh("hs1", f"ls /etc/federate/admin").stdout.split() == ["alpha.test.token"]
+        assert deployed.ssh("hs1", "ls /etc/federate/admin").stdout.split() == ["alpha.test.token"]
         with pytest.raises(OSError):  # its name gets no TLS handshake any more (ssl.SSLError)
             https_get(NAME, 443, "/_matrix/client/versions", ca_file=info["ca_file"], dns_server=info["dns"])
         assert_converged(retired)  # retired stays retired: no change, no failure
@@ -60,6 +69,15 @@ def test_retired_homeserver_keeps_everything_and_comes_back(deployed, tmp_path):
         == ["active", "alpha.test.conf", f"{NAME}.conf"]
     messages, media_sha256 = asyncio.run(find_traces(carol, info["dns"], info["ca_file"], traces))
     assert "still here" in messages and media_sha256 == traces["sha256"]
+    # Its new admin token works; and alpha.test may have backed off from it while it was away (anything
+    # alpha.test sent it then failed): the documented remedy, --reset, before a new room with it.
+    own = destinations(deployed, "--server", NAME, "--json")
+    assert own.returncode in (0, 1) and not json.loads(own.stdout)[0].get("error"), own.stdout + own.stderr
+    partner = {d["destination"]: d for d in json.loads(destinations(deployed, "--server", "alpha.test",
+                                                                    "--json").stdout)[0]["destinations"]}
+    if partner[NAME]["status"] != "working":
+        print(f"alpha.test backed off from {NAME} while it was retired: {partner[NAME]}")
+        assert destinations(deployed, "--server", "alpha.test", "--reset", NAME).returncode == 0
     checks = prove.internal_policy_checks(prove.load_settings(deployed.inventory), info["dns"], info["ca_file"])
     assert [c.line() for c in checks if not c.ok] == []  # a room with its partner again, outsiders refused
     assert_converged(deployed.inventory)
