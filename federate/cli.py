@@ -186,9 +186,10 @@ def synapse_lock_command(args) -> int:
     from federate.deploy.locks import LOCK_DIR, make_lock, pins
 
     for python in args.python or args.default_pythons:
-        path = make_lock(args.version, python, args.out or LOCK_DIR)
-        text = path.read_text()
-        _print(f"{path}: {len(pins(text))} packages, {text.count('--hash=')} hashes, {len(text) // 1024} KiB")
+        for redis in (False, True):  # the plain lock first: the Redis lock (workers) starts from it
+            path = make_lock(args.version, python, args.out or LOCK_DIR, redis=redis)
+            text = path.read_text()
+            _print(f"{path}: {len(pins(text))} packages, {text.count('--hash=')} hashes, {len(text) // 1024} KiB")
     return 0
 
 

@@ -123,6 +123,19 @@ class MetricsData(_Section):
                                                  "by the firewall; required with a non-loopback bind")
 
 
+class WorkersData(_Section):
+    """Synapse workers with Redis replication (README, "Workers")."""
+    preset: Literal["none", "federation", "full"] = Field(
+        "none", description="none: one process; federation: a federation sender and generic workers for inbound "
+                            "federation; full: not yet")
+    federation_senders: Optional[int] = Field(None, ge=0, description="federation sender workers "
+                                              "(federation preset: 1; 0 leaves sending to the main process)")
+    federation_readers: Optional[int] = Field(None, ge=0, description="generic workers for inbound federation "
+                                              "(federation preset: 2; 0 leaves it to the main process)")
+    first_port: Optional[int] = Field(None, description="the federation readers' listeners on 127.0.0.1: this port "
+                                      "and the next ones (default: the homeserver's port + 1000)")
+
+
 class HomeserverData(_Section):
     server_name: ServerName = Field(description="the name in user IDs (@alice:example.com)")
     public_host: Optional[HostName] = Field(None, description="host serving the APIs when it differs "
@@ -155,6 +168,8 @@ class HomeserverData(_Section):
     metrics: Optional[MetricsData] = Field(
         None, description="Synapse's metrics listener, for Prometheus and the pending PDUs/EDUs of "
                           "`federate destinations` (default: off)")
+    workers: WorkersData = Field(WorkersData(), description="Synapse workers with Redis replication, e.g. "
+                                 "{'preset': 'federation'} (default: none, one process)")
     restore_from: Optional[str] = Field(
         None, min_length=1, description="a backup folder of `federate backup` on the controller: a host where this "
                                         "homeserver has no data yet gets it restored (README, 'Restore and move')")
@@ -286,7 +301,8 @@ EXPECTED = {"homeservers": "a list of homeserver mappings", "delegations": "a li
             "ssh": "a mapping with 'rate_limit' and 'trusted_ranges'",
             "trusted_ranges": "a list of addresses or CIDR ranges",
             "metrics": "a mapping such as {'bind': '127.0.0.1'} ({} for the defaults)",
-            "scrapers": "a list of addresses or CIDR ranges"}
+            "scrapers": "a list of addresses or CIDR ranges",
+            "workers": "a mapping such as {'preset': 'federation'}"}
 
 
 def field_path(loc: tuple) -> str:

@@ -27,7 +27,7 @@ from federate.host_data import (LETS_ENCRYPT, HomeserverData, HostData, MetricsD
 __all__ = ["DEFAULTS", "LETS_ENCRYPT", "Delegation", "Homeserver", "HostSettings", "Lock", "Metrics", "Restore",
            "SettingsError",
            "Ssh", "Tls",
-           "User", "Verify", "certificate_names", "host_settings", "inventory_settings", "server_name_problem"]
+           "User", "Verify", "Workers", "certificate_names", "host_settings", "inventory_settings", "server_name_problem"]
 
 # The library's defaults for host data: an inventory with no group_data gets these. Override
 # any of them in the inventory's host data or in group_data/*.py (README, "Settings").
@@ -77,6 +77,9 @@ MANAGED_SYNAPSE_KEYS = frozenset({
     "registration_shared_secret", "registration_shared_secret_path", "macaroon_secret_key",
     "form_secret", "federation_domain_whitelist", "ip_range_whitelist",
     "trusted_key_servers", "enable_registration", "max_upload_size", "enable_metrics",
+    # workers (README, "Workers")
+    "redis", "instance_map", "worker_replication_secret", "worker_replication_secret_path",
+    "federation_sender_instances", "send_federation", "worker_app", "worker_name", "worker_listeners",
     *VISIBILITY_DEFAULTS["external"],
 })
 
@@ -102,6 +105,43 @@ class Restore:
     backup_id: str       # sha256 of its manifest: what the host records once restored
     synapse_version: str
     signing_key_sha256: str  # the manifest's: a host with another key holds another identity
+
+
+# The federation preset's counts (README, "Workers"), and the most of each a homeserver may ask for.
+FEDERATION_PRESET = {"federation_senders": 1, "federation_readers": 2}
+MAX_WORKERS = 16
+WORKER_PORT_OFFSET = 1000  # default first_port: the homeserver's port + this
+
+
+@dataclass(frozen=True)
+class Workers:
+    """A homeserver's Synapse workers (none: federation_senders == federation_readers == 0)."""
+    preset: str = "none"
+    federation_senders: int = 0
+    federation_readers: int = 0
+    first_port: int = 0  # the first reader's listener on 127.0.0.1, the others follow
+
+    @property
+    def enabled(self) -> bool:
+        return self.federation_senders + self.federation_readers > 0
+
+    @property
+    def senders(self) -> tuple[str, ...]:
+        """Worker names, as in federation_sender_instances."""
+        return tuple(f"federation_sender{n}" for n in range(1, self.federation_senders + 1))
+
+    @property
+    def readers(self) -> tuple[tuple[str, int], ...]:
+        """(worker name, listener port) of each generic worker for inbound federation."""
+        return tuple((f"federation_reader{n}", self.first_port + n - 1) for n in range(1, self.federation_readers + 1))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (*self.senders, *(name for name, _ in self.readers))
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return tuple(port for _, port in self.readers)
 
 
 @dataclass(frozen=True)
@@ -142,6 +182,7 @@ class Homeserver:
     federation_sources: tuple[str, ...] | None = None
     restore: Restore | None = None  # restore_from, checked against the backup's manifest
     metrics: Metrics | None = None  # None: no metrics listener
+    workers: Workers = Workers()
 
     @property
     def host_name(self) -> str:
@@ -296,6 +337,57 @@ def _restore(host: str, path: str, raw: HomeserverData, database: str, synapse_v
         _fail(host, field_path, f"{folder} was made by Synapse {made_by}, newer than synapse_version "
               f"{synapse_version}: its schema cannot be used by the older Synapse; deploy {made_by} or newer")
     return Restore(str(folder), backup_id(folder), made_by, manifest["files"]["signing.key"]["sha256"])
+
+
+def _workers(host: str, path: str, raw: HomeserverData, port: int, proxy: str, database: str) -> Workers:
+    """The workers setting: a preset's counts, explicit counts over them, combinations checked."""
+    given, path = raw.workers, f"{path}.workers"
+    if given.preset == "full":
+        _fail(host, f"{path}.preset", "'full' is not supported yet: use 'federation' (README, 'Workers')")
+    counts = dict(FEDERATION_PRESET) if given.preset == "federation" else {key: 0 for key in FEDERATION_PRESET}
+    for key in FEDERATION_PRESET:
+        value = getattr(given, key)
+        if value is None:
+            continue
+        if given.preset == "none" and value:
+            _fail(host, f"{path}.{key}", "needs preset: federation (with preset: none the homeserver runs as one "
+                  "process)")
+        if value > MAX_WORKERS:
+            _fail(host, f"{path}.{key}", f"at most {MAX_WORKERS}, got {value}")
+        counts[key] = value
+    if given.preset == "none":
+        if given.first_port is not None:
+            _fail(host, f"{path}.first_port", "needs preset: federation (no worker listens with preset: none)")
+        return Workers()
+    if not any(counts.values()):
+        _fail(host, f"{path}.preset", "federation with no federation_senders and no federation_readers runs no "
+              "worker: use preset: none")
+    if proxy != "nginx":
+        _fail(host, f"{path}.preset", f"workers are routed by nginx only so far; this host's proxy is {proxy} "
+              "(README, 'Workers')")
+    if database != "postgres":
+        _fail(host, f"{path}.preset", f"workers share the homeserver's database, which SQLite cannot do: "
+              f"use database: postgres (this host's database is {database})")
+    first_port = given.first_port if given.first_port is not None else port + WORKER_PORT_OFFSET
+    if counts["federation_readers"] and not 1024 <= first_port <= 65535 - counts["federation_readers"] + 1:
+        _fail(host, f"{path}.first_port", f"its {counts['federation_readers']} listeners must fit in 1024-65535, "
+              f"got {first_port}")
+    return Workers(given.preset, counts["federation_senders"], counts["federation_readers"], first_port)
+
+
+def _worker_ports(host: str, homeservers: list[Homeserver], ssh_port: int):
+    """Every listener on the host's loopback is one process's: workers' ports collide with nothing."""
+    taken = {hs.port: f"homeservers[{i}].port" for i, hs in enumerate(homeservers)}
+    taken.update({hs.metrics.port: f"homeservers[{i}].metrics.port" for i, hs in enumerate(homeservers)
+                  if hs.metrics is not None})
+    for i, hs in enumerate(homeservers):
+        for port in hs.workers.ports:
+            if port in RESERVED_PORTS | {ssh_port}:
+                _fail(host, f"homeservers[{i}].workers.first_port", f"its listener {port} is used by the proxy or SSH")
+            if port in taken:
+                _fail(host, f"homeservers[{i}].workers.first_port", f"its listener {port} is already used by "
+                      f"{taken[port]}")
+            taken[port] = f"homeservers[{i}].workers (of {hs.server_name})"
 
 
 def _homeserver(host: str, path: str, raw: HomeserverData, port: int) -> Homeserver:
@@ -556,8 +648,10 @@ def host_settings(host: str, data: Mapping[str, Any], base_dir: str | Path = "."
     ports = _ports(host, raw.homeservers, ssh_port)
     metrics = _metrics(host, raw.homeservers, ports, ssh_port)
     homeservers = [replace(_homeserver(host, f"homeservers[{i}]", hs, ports[i]), metrics=metrics[i],
-                           restore=_restore(host, f"homeservers[{i}]", hs, raw.database, raw.synapse_version, base_dir))
+                           restore=_restore(host, f"homeservers[{i}]", hs, raw.database, raw.synapse_version, base_dir),
+                           workers=_workers(host, f"homeservers[{i}]", hs, ports[i], raw.proxy, raw.database))
                    for i, hs in enumerate(raw.homeservers)]
+    _worker_ports(host, homeservers, ssh_port)
     names = [hs.host_name for hs in homeservers]
     for i, hs in enumerate(homeservers):
         if hs.host_name in names[:i]:

@@ -39,3 +39,69 @@ def unit(server_name: str) -> str:
 def identity_dropin(server_name: str) -> str:
     """The unit drop-in naming the homeserver's own OS user."""
     return f"/etc/systemd/system/{unit(server_name)}.d/federate-user.conf"
+
+
+# --- workers and Redis (README, "Workers"): only on hosts where a homeserver runs workers ---------
+WORKER_UNIT_TEMPLATE = "/etc/systemd/system/matrix-synapse-worker@.service"
+WORKER_SANDBOX_DROPIN = f"{WORKER_UNIT_TEMPLATE}.d/federate-sandbox.conf"
+WORKERS_TARGET_TEMPLATE = "/etc/systemd/system/matrix-synapse-workers@.target"
+REDIS_UNIT_TEMPLATE = "/etc/systemd/system/federate-redis@.service"
+REDIS_RUN_ROOT = "/run/federate-redis"
+
+
+def worker_unit(server_name: str, worker: str) -> str:
+    return f"matrix-synapse-worker@{server_name}-{worker}.service"
+
+
+def worker_dropin(server_name: str, worker: str) -> str:
+    """The drop-in naming the worker's homeserver, OS user, directories and config."""
+    return f"/etc/systemd/system/{worker_unit(server_name, worker)}.d/federate-worker.conf"
+
+
+def workers_target(server_name: str) -> str:
+    return f"matrix-synapse-workers@{server_name}.target"
+
+
+def workers_target_dropin(server_name: str) -> str:
+    return f"/etc/systemd/system/{workers_target(server_name)}.d/federate-workers.conf"
+
+
+def workers_dir(server_name: str) -> str:
+    return f"{conf_dir(server_name)}/workers"
+
+
+def worker_yaml(server_name: str, worker: str) -> str:
+    return f"{workers_dir(server_name)}/{worker}.yaml"
+
+
+def replication_socket(server_name: str) -> str:
+    """The main process's replication listener: a Unix socket in its own (0700) data directory."""
+    return f"{data_dir(server_name)}/replication.sock"
+
+
+def replication_secret(server_name: str) -> str:
+    return f"{conf_dir(server_name)}/replication.secret"
+
+
+def redis_unit(server_name: str) -> str:
+    return f"federate-redis@{server_name}.service"
+
+
+def redis_dropin(server_name: str) -> str:
+    return f"/etc/systemd/system/{redis_unit(server_name)}.d/federate-user.conf"
+
+
+def redis_conf(server_name: str) -> str:
+    return f"{conf_dir(server_name)}/redis.conf"
+
+
+def redis_acl(server_name: str) -> str:
+    return f"{conf_dir(server_name)}/redis.acl"
+
+
+def redis_password(server_name: str) -> str:
+    return f"{conf_dir(server_name)}/redis.password"
+
+
+def redis_socket(server_name: str) -> str:
+    return f"{REDIS_RUN_ROOT}/{server_name}/redis.sock"

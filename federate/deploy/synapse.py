@@ -10,7 +10,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.hardware import Ipv4Addrs, Ipv6Addrs
 from pyinfra.operations import files, server, systemd
 
-from federate.deploy import locks, paths, restore
+from federate.deploy import locks, paths, redis, restore, workers
 from federate.deploy.database import database_config, database_ref
 from federate.deploy.debian import Release
 from federate.deploy.hostscripts import source
@@ -63,6 +63,9 @@ def homeserver_config(settings: HostSettings, hs: Homeserver) -> dict[str, Any]:
     key_servers = trusted_key_servers(settings, hs)
     if key_servers is not None:
         config["trusted_key_servers"] = key_servers
+    if hs.workers.enabled:
+        config["listeners"].append(workers.replication_listener(hs))
+        config.update(workers.homeserver_config(hs))
     config.update(hs.synapse_extra)
     return config
 
@@ -132,17 +135,18 @@ def metrics_bind_problem(settings: HostSettings) -> str | None:
     return None
 
 
-def venv_requirements(version: str, release: Release) -> tuple[str, bool]:
+def venv_requirements(version: str, release: Release, redis: bool = False) -> tuple[str, bool]:
     """(the requirements file for the venv, whether it is a lock): the shipped lock of `version` for
-    the release's Python, or, with a warning on every run, only the top-level pins."""
-    lock = locks.shipped(version, release.python)
+    the release's Python (with Synapse's Redis client when a homeserver runs workers), or, with a
+    warning on every run, only the top-level pins."""
+    lock = locks.shipped(version, release.python, redis=redis)
     if lock is not None:
         return lock, True
     logger.warning(f"{host.name}: synapse_version {version} has no lock for Python {release.python} (Debian "
                    f"{release.major}): Synapse's dependencies are not pinned, so hosts deployed at different times "
                    f"may run different code. Make the lock on this controller: {locks.regenerate_command(version)} "
                    "(README, 'Pinned dependencies').")
-    return locks.unlocked(version), False
+    return locks.unlocked(version, redis), False
 
 
 @deploy("Synapse")
@@ -153,7 +157,7 @@ def install_synapse(settings: HostSettings, release: Release):
     restarts = [restart_marker(hs) for hs in settings.homeservers]
     daemon_reload = pending_marker("systemd-daemon-reload")
     removed = venv_usable(name="Remove a venv that no longer runs (an interrupted run, a new Python)", venv=paths.VENV)
-    requirements, locked = venv_requirements(settings.synapse_version, release)
+    requirements, locked = venv_requirements(settings.synapse_version, release, redis=workers.wanted(settings))
     # A new lock alone restarts nothing: only a venv whose packages change does.
     config_file(name=f"{REQUIREMENTS}: what matrix-synapse {settings.synapse_version} is installed from",
                 dest=REQUIREMENTS, content=requirements)
@@ -165,17 +169,28 @@ def install_synapse(settings: HostSettings, release: Release):
                        content=render("matrix-synapse@.service.j2", paths=paths), owes=[daemon_reload, *restarts])
     files.directory(name="Unit drop-in dir", path=paths.UNIT_DROPIN_DIR, user="root", group="root", mode="755")
     sandbox = config_file(name="Sandbox of every homeserver (unit drop-in)", dest=paths.SANDBOX_DROPIN,
-                          content=render("federate-sandbox.conf.j2", paths=paths), owes=[daemon_reload, *restarts])
+                          content=render("federate-sandbox.conf.j2", paths=paths, worker=False),
+                          owes=[daemon_reload, *restarts])
     identities = {hs.server_name: _own_user(hs, daemon_reload) for hs in host.loop(settings.homeservers)}
     dropins = [paths.UNIT_TEMPLATE, paths.SANDBOX_DROPIN, *map(paths.identity_dropin, identities)]
     for path in host.loop(dropins):
         file_attributes(name=f"{path.removeprefix('/etc/systemd/system/')} owner and mode", path=path,
                         user="root", group="root", mode="644")
+    # Workers (only where a homeserver runs them): their units and Redis's, reloaded with the others.
+    templates = (workers.unit_templates(daemon_reload) + redis.unit_template(daemon_reload)
+                 if workers.wanted(settings) else [])
+    worker_units = {hs.server_name: (workers.unit_dropins(hs, daemon_reload), redis.unit_dropin(hs, daemon_reload))
+                    for hs in host.loop(settings.homeservers) if hs.workers.enabled}
     systemd.daemon_reload(name="Reload systemd units",
-                          _if=changed_or_owed([unit, sandbox, *identities.values()], daemon_reload))
+                          _if=changed_or_owed([unit, sandbox, *identities.values(), *templates,
+                                               *(op for ops in worker_units.values() for group in ops for op in group)],
+                                              daemon_reload))
     settled(name="Unit reload done", marker=daemon_reload)
+    on_host = host.get_fact(workers.WorkerFiles, names=[hs.server_name for hs in settings.homeservers])
     for hs in host.loop(settings.homeservers):
-        _homeserver(settings, hs, changed_before=[removed, venv, unit, sandbox, identities[hs.server_name]])
+        _homeserver(settings, hs, changed_before=[removed, venv, unit, sandbox, identities[hs.server_name]],
+                    worker_units=(templates, *worker_units.get(hs.server_name, ([], []))),
+                    on_host=on_host.get(hs.server_name, set()))
     # Every homeserver has moved to its own user and restarted as it: the shared one goes.
     server.user(name=f"The formerly shared user {paths.LEGACY_USER} removed", user=paths.LEGACY_USER, present=False)
 
@@ -192,7 +207,8 @@ def _own_user(hs: Homeserver, daemon_reload: str):
                        owes=[daemon_reload, restart_marker(hs)])
 
 
-def _homeserver(settings: HostSettings, hs: Homeserver, changed_before: list):
+def _homeserver(settings: HostSettings, hs: Homeserver, changed_before: list, worker_units: tuple = ([], [], []),
+                on_host: set = frozenset()):
     name, user = hs.server_name, hs.os_user
     files.directory(name=f"{name}: config dir", path=paths.conf_dir(name),
                     user=user, group=user, mode="700")
@@ -214,9 +230,16 @@ def _homeserver(settings: HostSettings, hs: Homeserver, changed_before: list):
     for path in host.loop([paths.signing_key(name), paths.secrets_yaml(name)]):
         file_attributes(name=f"{name}: owner and mode of {path.rsplit('/', 1)[1]}", path=path,
                         user=user, group=user, mode="600")
+    if on_host:  # workers that are no more stop before the main process restarts without them
+        workers.retire_stale(hs, on_host)
+    templates, worker_dropins, redis_dropins = worker_units
+    if hs.workers.enabled:  # Redis first: the main process and the workers connect to it as they start
+        redis.running(hs, [*redis.homeserver_files(hs), *redis_dropins, *templates])
+        worker_files = workers.homeserver_files(hs)
     # Synapse's own parser checks the new file before it replaces the old one.
     restart = restart_marker(hs)
-    config = config_file(name=f"{name}: homeserver.yaml", dest=paths.homeserver_yaml(name), owes=restart,
+    owed = [restart, workers.restart_marker(hs)] if hs.workers.enabled else restart
+    config = config_file(name=f"{name}: homeserver.yaml", dest=paths.homeserver_yaml(name), owes=owed,
                          content=render_homeserver_yaml(settings, hs), user=user, group=user, mode="600",
                          check=f"{paths.VENV}/bin/python -m synapse.config --config-path={{path}}"
                                f" --config-path={paths.secrets_yaml(name)} >/dev/null")
@@ -227,6 +250,8 @@ def _homeserver(settings: HostSettings, hs: Homeserver, changed_before: list):
     systemd.service(name=f"{name}: running and enabled", service=paths.unit(name),
                     running=True, enabled=True)
     settled(name=f"{name}: restart done", marker=restart)
+    if hs.workers.enabled:  # after the main process: they reach it on its replication socket
+        workers.running(hs, [config, key, secret, *changed_before, *templates, *worker_dropins, *worker_files])
     local_url = f"http://127.0.0.1:{hs.port}"
     for user_entry in host.loop(hs.users):
         matrix_user(

@@ -7,7 +7,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import apt
 
-from federate.deploy import database, synapse
+from federate.deploy import database, redis, synapse
 from federate.deploy.firewall import firewall_for
 from federate.deploy.proxy import Proxy
 from federate.pyinfra_ext.apt import dpkg_consistent
@@ -23,7 +23,7 @@ def wanted_packages(settings: HostSettings, proxy: Proxy) -> list[str]:
     wanted = [*BASE_PACKAGES, *proxy.packages, *proxy.certificates.packages,
               *firewall_for(settings).packages]
     if settings.homeservers:
-        wanted += [*database.packages(settings), *synapse.PACKAGES]
+        wanted += [*database.packages(settings), *synapse.PACKAGES, *redis.packages(settings)]
     return list(dict.fromkeys(wanted))
 
 
@@ -37,4 +37,6 @@ def packages(settings: HostSettings, proxy: Proxy):
     # Refresh the package lists only when something is missing: a converged host changes nothing.
     if any(name not in installed for name in wanted):
         apt.update(name="Refresh package lists")
+    if redis.wanted(settings):  # before its package would start Debian's own instance on a TCP port
+        redis.mask_debian_instance()
     apt.packages(name="Install " + ", ".join(wanted), packages=wanted)

@@ -29,30 +29,34 @@ LOCKED_INSTALL = "--require-hashes --no-deps --only-binary :all:"
 PLATFORM = "linux"  # uv's name for x86_64 Linux; every file of each pinned version is hashed, so arm64 matches too
 
 
-def lock_name(version: str, python: str) -> str:
-    return f"synapse-{version}-py{python}.txt"
 
 
-def requirements(version: str) -> list[str]:
-    """What a lock pins with all its dependencies: Synapse and the PostgreSQL driver."""
-    return [f"matrix-synapse=={version}", *driver_requirements()]
+def lock_name(version: str, python: str, redis: bool = False) -> str:
+    """synapse-<version>-py<python>.txt, or with Redis (workers) synapse-<version>-redis-py<python>.txt."""
+    return f"synapse-{version}{'-redis' * redis}-py{python}.txt"
+
+
+def requirements(version: str, redis: bool = False) -> list[str]:
+    """What a lock pins with all its dependencies: Synapse and the PostgreSQL driver (and for workers,
+    Synapse's `redis` extra, within the bounds that Synapse version sets)."""
+    return [f"matrix-synapse{'[redis]' * redis}=={version}", *driver_requirements()]
 
 
 def regenerate_command(version: str, python: str | None = None) -> str:
     return f"federate synapse-lock {version}" + (f" --python {python}" if python else "")
 
 
-def shipped(version: str, python: str, directory: Path = LOCK_DIR) -> str | None:
+def shipped(version: str, python: str, directory: Path = LOCK_DIR, redis: bool = False) -> str | None:
     """The lock's text, or None when there is none for this version and Python."""
-    path = directory / lock_name(version, python)
+    path = directory / lock_name(version, python, redis)
     return path.read_text() if path.is_file() else None
 
 
-def unlocked(version: str) -> str:
+def unlocked(version: str, redis: bool = False) -> str:
     """The requirements file used without a lock: only the top-level pins (dependencies float)."""
     return (f"# No lock for matrix-synapse {version}: its dependencies are whatever the index has today.\n"
             f"# Make one on the controller: {regenerate_command(version)}\n"
-            + "".join(f"{r}\n" for r in requirements(version)))
+            + "".join(f"{r}\n" for r in requirements(version, redis)))
 
 
 def _logical_lines(text: str) -> list[str]:
@@ -127,8 +131,9 @@ def _index_options() -> list[str]:
     return options
 
 
-def header(version: str, python: str) -> str:
-    return (f"# matrix-synapse {version} and every package it needs, for CPython {python} on Linux: each pinned,\n"
+def header(version: str, python: str, redis: bool = False) -> str:
+    what = " with its Redis client (workers)" if redis else ""
+    return (f"# matrix-synapse {version}{what} and every package it needs, for CPython {python} on Linux: each pinned,\n"
             f"# each file hashed. federate installs it with pip install {LOCKED_INSTALL} -r <this file>.\n"
             f"# Made (again) by: {regenerate_command(version, python)}\n")
 
@@ -138,24 +143,26 @@ def header(version: str, python: str) -> str:
 UV_ENV = {"UV_NO_PROGRESS": "1", "UV_SYSTEM_CERTS": "1", "UV_NATIVE_TLS": "1"}
 
 
-def make_lock(version: str, python: str, out_dir: Path = LOCK_DIR) -> Path:
+def make_lock(version: str, python: str, out_dir: Path = LOCK_DIR, redis: bool = False) -> Path:
     """Resolve and hash the lock of `version` for `python` into out_dir (an existing lock's pins are
-    kept where they still fit: delete it to resolve afresh)."""
+    kept where they still fit: delete it to resolve afresh). The Redis lock starts from the plain
+    one, so turning workers on adds packages without moving the others."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / lock_name(version, python)
+    target = out_dir / lock_name(version, python, redis)
+    plain = out_dir / lock_name(version, python)
     with tempfile.TemporaryDirectory() as work:
         output = Path(work) / target.name
-        if target.exists():
-            shutil.copyfile(target, output)  # uv prefers the versions already in its output file
+        if target.exists() or (redis and plain.exists()):
+            shutil.copyfile(target if target.exists() else plain, output)  # uv prefers the versions there
         command = [_uv(), "pip", "compile", "-", "--output-file", str(output), "--quiet", "--no-config",
                    "--generate-hashes", "--no-header", "--only-binary", ":all:",
                    "--python-version", python, "--python-platform", PLATFORM, *_index_options()]
-        result = subprocess.run(command, input="\n".join(requirements(version)) + "\n", text=True,
+        result = subprocess.run(command, input="\n".join(requirements(version, redis)) + "\n", text=True,
                                 capture_output=True, timeout=600, env={**os.environ, **UV_ENV})
         if result.returncode != 0:
             raise RuntimeError(f"uv could not lock matrix-synapse {version} for Python {python}:\n"
                                f"{result.stderr.strip()[-3000:]}")
-        text = header(version, python) + output.read_text()
+        text = header(version, python, redis) + output.read_text()
     pins(text)  # pinned and hashed, no URL, or no file
     partial = target.with_name(f".{target.name}.tmp")
     partial.write_text(text)

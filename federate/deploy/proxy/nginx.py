@@ -20,6 +20,31 @@ NGINX_CHECK = "nginx -t -q"
 RELOAD = pending_marker("reload-nginx")
 
 
+# Synapse's docs (workers.md, "Federation requests"): the federation endpoints a generic worker serves,
+# besides inbound transactions (/_matrix/federation/v1/send/, balanced by source address).
+FEDERATION_READER_PATTERNS = (
+    "^/_matrix/federation/v1/version$", "^/_matrix/federation/v1/event/", "^/_matrix/federation/v1/state/",
+    "^/_matrix/federation/v1/state_ids/", "^/_matrix/federation/v1/backfill/",
+    "^/_matrix/federation/v1/get_missing_events/", "^/_matrix/federation/v1/publicRooms",
+    "^/_matrix/federation/v1/query/", "^/_matrix/federation/v1/make_join/", "^/_matrix/federation/v1/make_leave/",
+    "^/_matrix/federation/(v1|v2)/send_join/", "^/_matrix/federation/(v1|v2)/send_leave/",
+    "^/_matrix/federation/v1/make_knock/", "^/_matrix/federation/v1/send_knock/",
+    "^/_matrix/federation/(v1|v2)/invite/", "^/_matrix/federation/v1/event_auth/",
+    "^/_matrix/federation/v1/timestamp_to_event/", "^/_matrix/federation/v1/exchange_third_party_invite/",
+    "^/_matrix/federation/v1/user/devices/", "^/_matrix/key/v2/query", "^/_matrix/federation/v1/hierarchy/",
+)
+
+
+def worker_routes(hs) -> dict:
+    """The site template's view of a homeserver's federation readers (none: everything to the main process)."""
+    if not hs.workers.readers:
+        return {"workers": None, "federation_backend": None}
+    prefix = f"federate_{hs.os_user}"
+    routes = {"inbound": f"{prefix}_inbound", "readers": f"{prefix}_federation", "variable": f"${prefix}_backend",
+              "ports": hs.workers.ports, "patterns": FEDERATION_READER_PATTERNS}
+    return {"workers": routes, "federation_backend": routes["variable"]}
+
+
 class Nginx(Proxy):
     name = "nginx"
     packages = ("nginx",)
@@ -33,7 +58,7 @@ class Nginx(Proxy):
         return {"listen_http2": "" if on else " http2", "http2_on": on}
 
     def site_context(self, hs) -> dict:
-        return {**super().site_context(hs), **self.http2()}
+        return {**super().site_context(hs), **self.http2(), **worker_routes(hs)}
 
     def delegation_context(self, delegation) -> dict:
         return {**super().delegation_context(delegation), **self.http2()}

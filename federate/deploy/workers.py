@@ -1,0 +1,220 @@
+"""Synapse workers (README, "Workers"): one unit per worker, grouped under a target per homeserver.
+
+A worker runs as its homeserver's OS user in the main process's sandbox (matrix-synapse-worker@.service
+with the same sandbox drop-in), reads the homeserver's homeserver.yaml and secrets.yaml and its own
+workers/<worker>.yaml, and reaches the main process's replication listener on a Unix socket in the
+homeserver's own data directory (instance_map: main) and the homeserver's own Redis
+(federate.deploy.redis). Any change of the homeserver's config, a worker's or the venv stops all its
+workers and then starts them together (Synapse requires that of federation senders when
+federation_sender_instances changes); an unchanged homeserver's workers are left alone.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+import yaml
+from pyinfra import host
+from pyinfra.api import FactBase, StringCommand, operation
+from pyinfra.operations import files, systemd
+
+from federate.deploy import paths, redis
+from federate.deploy.templating import render
+from federate.pyinfra_ext.files import config_file, file_attributes
+from federate.pyinfra_ext.owed import changed_or_owed, pending_marker, settled
+from federate.settings import Homeserver, HostSettings
+
+def wanted(settings: HostSettings) -> bool:
+    return any(hs.workers.enabled for hs in settings.homeservers)
+
+
+def restart_marker(hs: Homeserver) -> str:
+    return pending_marker(f"restart-{paths.workers_target(hs.server_name)}")
+
+
+class WorkerFiles(FactBase):
+    """server name -> the worker config names (workers/*.yaml) and 'redis' when redis.conf is there,
+    of each given homeserver: what a run with fewer workers (or none) has to take away. One command."""
+
+    def command(self, names: list[str]) -> str:
+        lines = []
+        for name in names:
+            conf = shlex.quote(paths.conf_dir(name))
+            lines.append(f"for f in {conf}/workers/*.yaml; do [ -f \"$f\" ] && echo {shlex.quote(name)} "
+                         f"\"$(basename \"$f\" .yaml)\"; done; [ -f {conf}/redis.conf ] && echo {shlex.quote(name)} redis")
+        return "; ".join(lines) + "; true"
+
+    @staticmethod
+    def default():
+        return {}
+
+    def process(self, output):
+        found: dict[str, set] = {}
+        for line in output:
+            words = line.split()
+            if len(words) == 2:
+                found.setdefault(words[0], set()).add(words[1])
+        return found
+
+
+def homeserver_config(hs: Homeserver) -> dict:
+    """What homeserver.yaml gets for workers (nothing without them)."""
+    if not hs.workers.enabled:
+        return {}
+    name, socket = hs.server_name, paths.replication_socket(hs.server_name)
+    config = {
+        "instance_map": {"main": {"path": socket}},
+        "redis": redis.synapse_config(hs),
+        "worker_replication_secret_path": paths.replication_secret(name),
+    }
+    if hs.workers.senders:
+        config["federation_sender_instances"] = list(hs.workers.senders)
+    return config
+
+
+def replication_listener(hs: Homeserver) -> dict:
+    """The main process's replication listener: a Unix socket only its OS user can reach."""
+    return {"path": paths.replication_socket(hs.server_name), "mode": 0o600, "type": "http",
+            "resources": [{"names": ["replication"]}]}
+
+
+def worker_config(hs: Homeserver, worker: str) -> dict:
+    config: dict = {"worker_app": "synapse.app.generic_worker", "worker_name": worker}
+    port = dict(hs.workers.readers).get(worker)
+    if port is not None:  # a federation reader: nginx sends it inbound federation
+        config["worker_listeners"] = [{"type": "http", "port": port, "bind_addresses": ["127.0.0.1"],
+                                       "x_forwarded": True, "resources": [{"names": ["federation"]}]}]
+    return config
+
+
+def render_worker_yaml(hs: Homeserver, worker: str) -> str:
+    return (f"# Managed by federate: the worker {worker} of {hs.server_name}; edits are replaced on the next run.\n"
+            + yaml.safe_dump(worker_config(hs, worker), sort_keys=False))
+
+
+def render_worker_dropin(hs: Homeserver, worker: str) -> str:
+    name = hs.server_name
+    return render("federate-worker.conf.j2", paths=paths, worker=worker, server_name=name, user=hs.os_user,
+                  target=paths.workers_target(name), main_unit=paths.unit(name), redis_unit=paths.redis_unit(name),
+                  conf_dir=paths.conf_dir(name), data_dir=paths.data_dir(name),
+                  worker_yaml=paths.worker_yaml(name, worker))
+
+
+def render_target_dropin(hs: Homeserver) -> str:
+    name = hs.server_name
+    return render("federate-workers.conf.j2", server_name=name, main_unit=paths.unit(name),
+                  units=[paths.worker_unit(name, w) for w in hs.workers.names])
+
+
+def unit_templates(daemon_reload: str) -> list:
+    """The worker unit and target templates with the main process's sandbox; the ops whose change needs
+    a daemon reload."""
+    ops = [config_file(name="Worker unit template", dest=paths.WORKER_UNIT_TEMPLATE, owes=daemon_reload,
+                       content=render("matrix-synapse-worker@.service.j2")),
+           config_file(name="Worker target template", dest=paths.WORKERS_TARGET_TEMPLATE, owes=daemon_reload,
+                       content=render("matrix-synapse-workers@.target.j2"))]
+    files.directory(name="Worker unit drop-in dir", path=paths.WORKER_SANDBOX_DROPIN.rsplit("/", 1)[0],
+                    user="root", group="root", mode="755")
+    ops.append(config_file(name="Sandbox of every worker (unit drop-in)", dest=paths.WORKER_SANDBOX_DROPIN,
+                           owes=daemon_reload, content=render("federate-sandbox.conf.j2", paths=paths, worker=True)))
+    for path in host.loop([paths.WORKER_UNIT_TEMPLATE, paths.WORKERS_TARGET_TEMPLATE, paths.WORKER_SANDBOX_DROPIN]):
+        file_attributes(name=f"{path.removeprefix('/etc/systemd/system/')} owner and mode", path=path,
+                        user="root", group="root", mode="644")
+    return ops
+
+
+def unit_dropins(hs: Homeserver, daemon_reload: str) -> list:
+    """Each worker's unit drop-in and the target's; the ops (for the daemon reload and the restart)."""
+    name, marker = hs.server_name, restart_marker(hs)
+    units = []
+    for worker in host.loop(hs.workers.names):
+        dropin = paths.worker_dropin(name, worker)
+        files.directory(name=f"{name}: {worker} unit drop-in dir", path=dropin.rsplit("/", 1)[0],
+                        user="root", group="root", mode="755")
+        units.append(config_file(name=f"{name}: {worker} unit drop-in", dest=dropin,
+                                 content=render_worker_dropin(hs, worker), owes=[daemon_reload, marker]))
+        file_attributes(name=f"{name}: {worker} unit drop-in owner and mode", path=dropin,
+                        user="root", group="root", mode="644")
+    target = paths.workers_target_dropin(name)
+    files.directory(name=f"{name}: workers target drop-in dir", path=target.rsplit("/", 1)[0],
+                    user="root", group="root", mode="755")
+    units.append(config_file(name=f"{name}: workers target drop-in", dest=target, content=render_target_dropin(hs),
+                             owes=[daemon_reload, marker]))
+    file_attributes(name=f"{name}: workers target drop-in owner and mode", path=target,
+                    user="root", group="root", mode="644")
+    return units
+
+
+def homeserver_files(hs: Homeserver) -> list:
+    """The replication secret (made once) and each worker's config; the ops (for the workers' restart)."""
+    name, user, marker = hs.server_name, hs.os_user, restart_marker(hs)
+    made = redis.random_secret(hs, "worker replication secret", paths.replication_secret(name))
+    files.directory(name=f"{name}: workers config dir", path=paths.workers_dir(name), user=user, group=user,
+                    mode="700")
+    configs = [made]
+    for worker in host.loop(hs.workers.names):
+        path = paths.worker_yaml(name, worker)
+        configs.append(config_file(name=f"{name}: {worker}.yaml", dest=path, owes=marker,
+                                   content=render_worker_yaml(hs, worker), user=user, group=user, mode="600"))
+        file_attributes(name=f"{name}: {worker}.yaml owner and mode", path=path, user=user, group=user, mode="600")
+    return configs
+
+
+class UnitActive(FactBase):
+    """`systemctl is-active` of one unit: true when active. (pyinfra's SystemdStatus takes a target's
+    sub-state 'active' for stopped.)"""
+
+    def command(self, unit: str) -> str:
+        return f"systemctl is-active {shlex.quote(unit)} || true"
+
+    def process(self, output):
+        return "".join(output).strip() == "active"
+
+
+@operation()
+def target_active(target: str, active: bool = True):
+    """A target started (or stopped), by its `systemctl is-active`."""
+    if host.get_fact(UnitActive, unit=target) != active:
+        yield StringCommand(f"systemctl {'start' if active else 'stop'} {shlex.quote(target)}")
+
+
+@operation()
+def stopped_then_started(units: list[str], target: str):
+    """All of `units` stopped, then `target` started (which starts them together)."""
+    yield StringCommand("systemctl stop " + " ".join(shlex.quote(u) for u in units))
+    yield StringCommand(f"systemctl start {shlex.quote(target)}")
+
+
+def running(hs: Homeserver, changed: list):
+    """The homeserver's workers restarted together when anything they read changed, then running."""
+    name, marker, target = hs.server_name, restart_marker(hs), paths.workers_target(hs.server_name)
+    units = [paths.worker_unit(name, w) for w in hs.workers.names]
+    stopped_then_started(name=f"{name}: all workers stopped, then started together (on change)", units=units,
+                         target=target, _if=changed_or_owed(changed, marker))
+    # running=None: pyinfra takes an active target for stopped (target_active checks it instead)
+    systemd.service(name=f"{name}: workers target enabled", service=target, running=None, enabled=True)
+    target_active(name=f"{name}: workers target started", target=target)
+    for unit in host.loop(units):
+        systemd.service(name=f"{name}: {unit} running", service=unit, running=True)
+    settled(name=f"{name}: workers restart done", marker=marker)
+
+
+def retire_stale(hs: Homeserver, on_host: set):
+    """Workers the settings no longer have (fewer, or none): stopped, their config and drop-in gone;
+    with none left, the target and the homeserver's Redis too. Nothing of the homeserver's data."""
+    name = hs.server_name
+    for worker in host.loop(sorted(on_host - {"redis"} - set(hs.workers.names))):
+        systemd.service(name=f"{name}: worker {worker} stopped (not in the settings)",
+                        service=paths.worker_unit(name, worker), running=False)
+        files.file(name=f"{name}: {worker}.yaml removed", path=paths.worker_yaml(name, worker), present=False)
+        files.directory(name=f"{name}: {worker} unit drop-in removed",
+                        path=paths.worker_dropin(name, worker).rsplit("/", 1)[0], present=False)
+    if not hs.workers.enabled and on_host:
+        target_active(name=f"{name}: workers target stopped (no workers)", target=paths.workers_target(name),
+                      active=False)
+        systemd.service(name=f"{name}: workers target disabled (no workers)", service=paths.workers_target(name),
+                        running=None, enabled=False)
+        files.directory(name=f"{name}: workers target drop-in removed",
+                        path=paths.workers_target_dropin(name).rsplit("/", 1)[0], present=False)
+        if "redis" in on_host:
+            redis.off(name)
