@@ -11,10 +11,10 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import files
 
 from federate.deploy import paths
 from federate.deploy.hostscripts import source
+from federate.pyinfra_ext import declared
 from federate.pyinfra_ext.files import file_attributes, generated_once
 from federate.settings import Homeserver, HostSettings
 
@@ -34,7 +34,7 @@ def token_command(hs: Homeserver) -> str:
 
 @deploy("Admin tokens")
 def admin_tokens(settings: HostSettings):
-    files.directory(name=f"{TOKEN_ROOT}: root's only", path=TOKEN_ROOT, user="root", group="root", mode="700")
+    declared.directory(name=f"{TOKEN_ROOT}: root's only", path=TOKEN_ROOT, user="root", group="root", mode="700")
     for hs in host.loop(settings.homeservers):
         path = token_path(hs.server_name)
         generated_once(name=f"{hs.server_name}: admin token of @{LOCALPART} (made once, never printed)",

@@ -13,10 +13,10 @@ import shlex
 from pyinfra import host, logger
 from pyinfra.api import FactBase, deploy
 from pyinfra.facts.files import File
-from pyinfra.operations import postgres, systemd
 
 from federate.deploy import paths
 from federate.deploy.debian import Release
+from federate.pyinfra_ext import declared
 from federate.pyinfra_ext.files import config_file, file_attributes
 from federate.pyinfra_ext.owed import changed_or_owed, pending_marker, settled
 from federate.settings import Homeserver, HostSettings
@@ -144,13 +144,13 @@ def configure(settings: HostSettings, release: Release):
     for path in host.loop([f"{conf}/pg_ident.conf", f"{conf}/pg_hba.conf"]):
         file_attributes(name=f"{path.rsplit('/', 1)[1]} owner and mode", path=path, user="postgres",
                         group="postgres", mode="640")
-    systemd.service(name="PostgreSQL: reload on change", service="postgresql", running=True,
-                    reloaded=True, _if=changed_or_owed([ident, hba], reload))
+    declared.service(name="PostgreSQL: reload on change", service="postgresql", running=True,
+                     reloaded=True, _if=changed_or_owed([ident, hba], reload))
     settled(name="PostgreSQL: reload done", marker=reload)
-    systemd.service(name="PostgreSQL: running and enabled", service="postgresql", running=True, enabled=True)
+    declared.service(name="PostgreSQL: running and enabled", service="postgresql", running=True, enabled=True)
     for hs in host.loop(settings.homeservers):
-        postgres.role(name=f"{hs.server_name}: database role", role=hs.database_name, login=True,
-                      **PSQL_AS_POSTGRES)
-        postgres.database(name=f"{hs.server_name}: database (UTF8, C collation, from template0)",
-                          database=hs.database_name, owner=hs.database_name, encoding="UTF8",
-                          lc_collate="C", lc_ctype="C", template="template0", **PSQL_AS_POSTGRES)
+        declared.postgres_role(name=f"{hs.server_name}: database role", role=hs.database_name, login=True,
+                               **PSQL_AS_POSTGRES)
+        declared.postgres_database(name=f"{hs.server_name}: database (UTF8, C collation, from template0)",
+                                   database=hs.database_name, owner=hs.database_name, encoding="UTF8",
+                                   lc_collate="C", lc_ctype="C", template="template0", **PSQL_AS_POSTGRES)

@@ -19,6 +19,7 @@ from pyinfra.operations import files, server
 from federate.deploy import paths
 from federate.deploy.database import sqlite_path
 from federate.manifest import BackupError, database_part, read_manifest
+from federate.pyinfra_ext import declared
 from federate.settings import Homeserver, HostSettings
 
 STATE_ROOT = "/var/lib/federate"
@@ -57,9 +58,13 @@ class HomeserverDataState(FactBase):
                 ("", "0"), "key_sha256": values.get("key", "").strip()}
 
 
-def _state(settings: HostSettings, hs: Homeserver) -> dict:
+def state_arguments(settings: HostSettings, hs: Homeserver) -> dict:
     sqlite = sqlite_path(hs) if settings.database == "sqlite" else None
-    return host.get_fact(HomeserverDataState, server_name=hs.server_name, database=hs.database_name, sqlite=sqlite)
+    return {"server_name": hs.server_name, "database": hs.database_name, "sqlite": sqlite}
+
+
+def _state(settings: HostSettings, hs: Homeserver) -> dict:
+    return host.get_fact(HomeserverDataState, **state_arguments(settings, hs))
 
 
 def _pending(settings: HostSettings, hs: Homeserver) -> bool:
@@ -135,8 +140,8 @@ def restore(settings: HostSettings, hs: Homeserver):
     logger.warning(f"[{host.name}] {name}: restored from {folder} (Synapse {hs.restore.synapse_version}; "
                    f"a newer Synapse migrates its schema when it starts)")
     database = database_part(settings.database)
-    files.directory(name=f"{name}: restore staging dir (root only)", path=staging(name), user="root",
-                    group="root", mode="700")
+    declared.directory(name=f"{name}: restore staging dir (root only)", path=staging(name), user="root",
+                       group="root", mode="700")
     for part in host.loop((database, *PARTS)):
         files.put(name=f"{name}: {part} from the backup", src=f"{folder}/{part}", dest=f"{staging(name)}/{part}",
                   user="root", group="root", mode="600")

@@ -16,11 +16,11 @@ import shlex
 
 from pyinfra import host, logger
 from pyinfra.api import FactBase, deploy
-from pyinfra.operations import files, systemd
 
 from federate.deploy import paths
 from federate.deploy.admin import token_path
 from federate.deploy.dumps import DUMPS_ROOT
+from federate.pyinfra_ext import declared
 from federate.settings import HostSettings, database_name, os_user
 
 
@@ -77,7 +77,7 @@ def kept_and_how_to_delete(settings: HostSettings, name: str) -> str:
 def retire_removed(settings: HostSettings):
     for name in host.loop(retired_names(settings, host.get_fact(ConfiguredHomeservers))):
         logger.warning(f"[{host.name}] {kept_and_how_to_delete(settings, name)}")
-        systemd.service(name=f"{name}: retired (stopped and disabled, its data kept)", service=paths.unit(name),
-                        running=False, enabled=False)
-        files.file(name=f"{name}: its admin token removed (made again if it comes back)", path=token_path(name),
-                   present=False)
+        declared.service(name=f"{name}: retired (stopped and disabled, its data kept)", service=paths.unit(name),
+                         running=False, enabled=False)
+        declared.file(name=f"{name}: its admin token removed (made again if it comes back)", path=token_path(name),
+                      present=False)

@@ -8,7 +8,7 @@ import yaml
 from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.facts.hardware import Ipv4Addrs, Ipv6Addrs
-from pyinfra.operations import files, server, systemd
+from pyinfra.operations import systemd
 
 from federate.deploy import locks, paths, redis, restore, workers
 from federate.deploy.database import database_config, database_ref
@@ -17,6 +17,7 @@ from federate.deploy.hostscripts import source
 from federate.deploy.templating import render
 from federate.deploy.users import controller_password, matrix_user
 from federate.deploy.venv import DowngradeVerdict, InstalledSynapse, is_downgrade, venv_matches, venv_usable
+from federate.pyinfra_ext import declared
 from federate.pyinfra_ext.files import config_file, file_attributes, generated_once, tree_owned
 from federate.pyinfra_ext.owed import changed_or_owed, pending_marker, settled
 from federate.settings import Homeserver, HostSettings
@@ -153,7 +154,7 @@ def venv_requirements(version: str, release: Release, redis: bool = False) -> tu
 def install_synapse(settings: HostSettings, release: Release):
     # root's; each homeserver owns its own dir in the last two
     for root in host.loop([VENV_ROOT, paths.CONF_ROOT, paths.DATA_ROOT]):
-        files.directory(name=f"{root}: root's", path=root, user="root", group="root", mode="755")
+        declared.directory(name=f"{root}: root's", path=root, user="root", group="root", mode="755")
     restarts = [restart_marker(hs) for hs in settings.homeservers]
     daemon_reload = pending_marker("systemd-daemon-reload")
     removed = venv_usable(name="Remove a venv that no longer runs (an interrupted run, a new Python)", venv=paths.VENV)
@@ -167,7 +168,7 @@ def install_synapse(settings: HostSettings, release: Release):
                         locked=locked, owes=restarts)
     unit = config_file(name="Templated systemd unit", dest=paths.UNIT_TEMPLATE,
                        content=render("matrix-synapse@.service.j2", paths=paths), owes=[daemon_reload, *restarts])
-    files.directory(name="Unit drop-in dir", path=paths.UNIT_DROPIN_DIR, user="root", group="root", mode="755")
+    declared.directory(name="Unit drop-in dir", path=paths.UNIT_DROPIN_DIR, user="root", group="root", mode="755")
     sandbox = config_file(name="Sandbox of every homeserver (unit drop-in)", dest=paths.SANDBOX_DROPIN,
                           content=render("federate-sandbox.conf.j2", paths=paths, worker=False),
                           owes=[daemon_reload, *restarts])
@@ -192,16 +193,16 @@ def install_synapse(settings: HostSettings, release: Release):
                     worker_units=(templates, *worker_units.get(hs.server_name, ([], []))),
                     on_host=on_host.get(hs.server_name, set()))
     # Every homeserver has moved to its own user and restarted as it: the shared one goes.
-    server.user(name=f"The formerly shared user {paths.LEGACY_USER} removed", user=paths.LEGACY_USER, present=False)
+    declared.user(name=f"The formerly shared user {paths.LEGACY_USER} removed", user=paths.LEGACY_USER, present=False)
 
 
 def _own_user(hs: Homeserver, daemon_reload: str):
     """The homeserver's own OS user and the unit drop-in that runs it as that user."""
     name, user = hs.server_name, hs.os_user
-    server.user(name=f"{name}: its own OS user {user}", user=user, system=True, home=paths.data_dir(name),
-                shell="/usr/sbin/nologin", ensure_home=False)
-    files.directory(name=f"{name}: unit drop-in dir", path=paths.identity_dropin(name).rsplit("/", 1)[0],
-                    user="root", group="root", mode="755")
+    declared.user(name=f"{name}: its own OS user {user}", user=user, system=True, home=paths.data_dir(name),
+                  shell="/usr/sbin/nologin", ensure_home=False)
+    declared.directory(name=f"{name}: unit drop-in dir", path=paths.identity_dropin(name).rsplit("/", 1)[0],
+                       user="root", group="root", mode="755")
     return config_file(name=f"{name}: runs as {user} (unit drop-in)", dest=paths.identity_dropin(name),
                        content=render("federate-user.conf.j2", server_name=name, user=user),
                        owes=[daemon_reload, restart_marker(hs)])
@@ -210,16 +211,16 @@ def _own_user(hs: Homeserver, daemon_reload: str):
 def _homeserver(settings: HostSettings, hs: Homeserver, changed_before: list, worker_units: tuple = ([], [], []),
                 on_host: set = frozenset()):
     name, user = hs.server_name, hs.os_user
-    files.directory(name=f"{name}: config dir", path=paths.conf_dir(name),
-                    user=user, group=user, mode="700")
-    files.directory(name=f"{name}: data dir", path=paths.data_dir(name),
-                    user=user, group=user, mode="700")
+    declared.directory(name=f"{name}: config dir", path=paths.conf_dir(name),
+                       user=user, group=user, mode="700")
+    declared.directory(name=f"{name}: data dir", path=paths.data_dir(name),
+                       user=user, group=user, mode="700")
     # A homeserver moved from the shared user (or a file chowned away) gets its data back; the
     # config dir holds only the three files whose owner and mode are repaired one by one below.
     tree_owned(name=f"{name}: everything in {paths.data_dir(name)} owned by {user}", path=paths.data_dir(name),
                user=user, group=user)
-    files.directory(name=f"{name}: media store", path=f"{paths.data_dir(name)}/media_store",
-                    user=user, group=user, mode="700")
+    declared.directory(name=f"{name}: media store", path=f"{paths.data_dir(name)}/media_store",
+                       user=user, group=user, mode="700")
     restore.restore(settings, hs)  # a homeserver new on this host may come from a backup: before its keys and start
     key = generated_once(name=f"{name}: signing key (made once, never replaced)",
                          path=paths.signing_key(name), user=user,
@@ -245,10 +246,10 @@ def _homeserver(settings: HostSettings, hs: Homeserver, changed_before: list, wo
                                f" --config-path={paths.secrets_yaml(name)} >/dev/null")
     file_attributes(name=f"{name}: homeserver.yaml owner and mode", path=paths.homeserver_yaml(name),
                     user=user, group=user, mode="600")
-    systemd.service(name=f"{name}: restart on change", service=paths.unit(name), running=True,
-                    restarted=True, _if=changed_or_owed([config, key, secret, *changed_before], restart))
-    systemd.service(name=f"{name}: running and enabled", service=paths.unit(name),
-                    running=True, enabled=True)
+    declared.service(name=f"{name}: restart on change", service=paths.unit(name), running=True,
+                     restarted=True, _if=changed_or_owed([config, key, secret, *changed_before], restart))
+    declared.service(name=f"{name}: running and enabled", service=paths.unit(name),
+                     running=True, enabled=True)
     settled(name=f"{name}: restart done", marker=restart)
     if hs.workers.enabled:  # after the main process: they reach it on its replication socket
         workers.running(hs, [config, key, secret, *changed_before, *templates, *worker_dropins, *worker_files])

@@ -10,6 +10,7 @@ from pyinfra.operations import apt
 from federate.deploy import database, redis, synapse
 from federate.deploy.firewall import firewall_for
 from federate.deploy.proxy import Proxy
+from federate.pyinfra_ext import declared
 from federate.pyinfra_ext.apt import dpkg_consistent
 from federate.pyinfra_ext.files import config_file
 from federate.settings import HostSettings
@@ -39,4 +40,4 @@ def packages(settings: HostSettings, proxy: Proxy):
         apt.update(name="Refresh package lists")
     if redis.wanted(settings):  # before its package would start Debian's own instance on a TCP port
         redis.mask_debian_instance()
-    apt.packages(name="Install " + ", ".join(wanted), packages=wanted)
+    declared.packages(name="Install " + ", ".join(wanted), packages=wanted)

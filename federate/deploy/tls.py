@@ -8,10 +8,12 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, deploy, operation
-from pyinfra.operations import files, systemd
+from pyinfra.operations import files
 
 from federate.deploy import paths
 from federate.deploy.retired import ConfiguredHomeservers, retired_certificates
+from federate.pyinfra_ext import declared
+from federate.pyinfra_ext.factcache import asks
 from federate.pyinfra_ext.facts import PathExists
 from federate.pyinfra_ext.files import private_file
 from federate.pyinfra_ext.owed import owed_before_uploads
@@ -57,7 +59,7 @@ class Certbot(Certificates):
 
     def deploy(self, settings, reload_marker):
         # back from caddy, which turned them off
-        systemd.service(name="certbot renewals on", service="certbot.timer", running=True, enabled=True)
+        declared.service(name="certbot renewals on", service="certbot.timer", running=True, enabled=True)
         configured = host.get_fact(ConfiguredHomeservers)
         renewals(name="certbot renews only what the sites need", wanted=[name for name, _ in wanted_certificates(settings)],
                  retired=retired_certificates(settings, configured), reload_command=NGINX_RELOAD_COMMAND)
@@ -129,6 +131,7 @@ class FederateRenewals(FactBase):
         return state
 
 
+@asks(lambda **_: [(FederateRenewals, {})])
 @operation()
 def renewals(wanted: list[str], retired: list[str], reload_command: str):
     """The certificates of retired homeservers are parked (kept, not renewed); a parked one that is
@@ -149,6 +152,7 @@ def tls_for(settings: HostSettings, acme: type[Certificates], key_owner: dict) -
     return Provided(key_owner) if settings.tls.mode == "provided" else acme()
 
 
+@asks(lambda cert_name, **_: [(PathExists, {"path": f"{LETSENCRYPT_LIVE}/{cert_name}/fullchain.pem"})])
 @operation()
 def acme_certificate(names: list[str], cert_name: str, directory: str, email: str | None,
                      webroot: str, reload_command: str):
@@ -177,4 +181,4 @@ def certificates(settings: HostSettings, chosen: Certificates, reload_marker: st
 def _certbot_off():
     """Without certbot's nginx, its renewals would fail: a host that switched keeps the package
     but not the timer."""
-    systemd.service(name="certbot renewals off", service="certbot.timer", running=False, enabled=False)
+    declared.service(name="certbot renewals off", service="certbot.timer", running=False, enabled=False)

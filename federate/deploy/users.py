@@ -11,6 +11,7 @@ from pyinfra import host
 from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
 
 from federate.deploy.paths import UPLOAD_TMP
+from federate.pyinfra_ext.factcache import asks
 from federate.pyinfra_ext.run import temporary_name
 
 USERS_QUERY = "SELECT name FROM users"
@@ -54,6 +55,7 @@ def controller_password(secrets_dir: str, server_name: str, localpart: str) -> s
     return path.read_text().strip()
 
 
+@asks(lambda database, **_: [(MatrixUsers, {"database": database})])
 @operation()
 def matrix_user(venv: str, config_paths: list[str], local_url: str, database: str, user_id: str,
                 localpart: str, password: str, admin: bool):

@@ -11,42 +11,50 @@ from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
 
 from federate.deploy.locks import LOCKED_INSTALL
+from federate.pyinfra_ext.factcache import asks
 from federate.pyinfra_ext.owed import owe
 
 
-class VenvBroken(FactBase):
-    """True when the venv exists but its interpreter or pip does not run (an interrupted creation)."""
-
-    def command(self, venv: str) -> str:
-        v = shlex.quote(venv)
-        return f"[ -e {v} ] && ! {v}/bin/python -m pip --version >/dev/null 2>&1 && echo yes || echo no"
-
-    def process(self, output):
-        return "".join(output).strip() == "yes"
+# The hash of the venv's file listing when it last passed VenvState's slow checks (root's).
+VENV_CHECKED = "/var/lib/federate/venv-checked"
 
 
 class VenvState(FactBase):
     """'ok', 'broken' (interpreter or pip unusable: an interrupted creation), 'inconsistent'
-    (pip check fails or Synapse does not import: a package missing) or 'absent'."""
+    (pip check fails or Synapse does not import: a package missing) or 'absent'.
+
+    The slow checks (pip check and Synapse's import: seconds of CPU, on every run) are skipped
+    while the venv's files (names, sizes, times, without __pycache__) and its interpreter are as
+    they were when the checks last passed: a fact with a side effect, like the deploy lock's, that
+    records their hash in VENV_CHECKED and changes nothing the deploy manages."""
 
     def command(self, venv: str) -> str:
-        v = shlex.quote(venv)
-        return (f"if [ ! -e {v} ]; then echo absent; "
-                f"elif ! {v}/bin/python -m pip --version >/dev/null 2>&1; then echo broken; "
-                f"elif {v}/bin/python -m pip check >/dev/null 2>&1 && "
-                f"{v}/bin/python -c 'import synapse.app.homeserver' >/dev/null 2>&1; then echo ok; "
-                f"else echo inconsistent; fi")
+        v, stamp = shlex.quote(venv), shlex.quote(VENV_CHECKED)
+        listing = (f"{{ find {v} -name __pycache__ -prune -o -printf '%P %s %T@\\n' | sort; "
+                   f"stat -L -c '%n %s %Y' {v}/bin/python; }} 2>/dev/null | sha1sum | cut -d' ' -f1")
+        # the three checks run side by side: Synapse's import alone takes a second
+        return (f"if [ ! -e {v} ]; then echo absent; exit 0; fi; listing=$({listing}); "
+                f"if [ \"$(cat {stamp} 2>/dev/null)\" = \"$listing\" ]; then echo ok; exit 0; fi; "
+                f"{v}/bin/python -m pip check >/dev/null 2>&1 & check=$!; "
+                f"{v}/bin/python -c 'import synapse.app.homeserver' >/dev/null 2>&1 & imports=$!; "
+                f"{v}/bin/python -m pip --version >/dev/null 2>&1; pip=$?; "
+                "wait $check; check=$?; wait $imports; imports=$?; "
+                "if [ $pip != 0 ]; then echo broken; elif [ $check = 0 ] && [ $imports = 0 ]; then "
+                f"mkdir -p {shlex.quote(VENV_CHECKED.rsplit('/', 1)[0])} && echo \"$listing\" > {stamp}.new "
+                f"&& mv -f {stamp}.new {stamp}; echo ok; else echo inconsistent; fi")
 
     def process(self, output):
         return "".join(output).strip()
 
 
 class InstalledSynapse(FactBase):
-    """The Synapse version installed in a venv, or None."""
+    """The Synapse version installed in a venv, or None. Read from its metadata, where Synapse's
+    own __version__ comes from: importing Synapse takes a second of CPU."""
+
+    SCRIPT = "import importlib.metadata as m; print(m.version('matrix-synapse'))"
 
     def command(self, venv: str) -> str:
-        return (f"{shlex.quote(venv)}/bin/python -c 'import synapse; print(synapse.__version__)'"
-                " 2>/dev/null || echo none")
+        return f"{shlex.quote(venv)}/bin/python -I -c {shlex.quote(self.SCRIPT)} 2>/dev/null || echo none"
 
     def process(self, output):
         value = "".join(output).strip()
@@ -64,11 +72,12 @@ class DowngradeVerdict(FactBase):
         return "".join(output).strip()
 
 
+@asks(lambda venv, **_: [(VenvState, {"venv": venv})])
 @operation()
 def venv_usable(venv: str):
-    """A venv whose interpreter or pip does not run is removed, so it is created again.
-    (A cheap fact: the slow pip check and import of VenvState are left to venv_matches.)"""
-    if host.get_fact(VenvBroken, venv=venv):
+    """A venv whose interpreter or pip does not run is removed, so it is created again. (VenvState
+    is read once for this and venv_matches, and is quick while the venv is as last checked.)"""
+    if host.get_fact(VenvState, venv=venv) == "broken":
         yield StringCommand(f"rm -rf {shlex.quote(venv)}")
 
 
@@ -110,6 +119,7 @@ def venv_differences(wanted: dict[str, str], installed: dict[str, str],
     return wrong, extra
 
 
+@asks(lambda venv, **_: [(VenvState, {"venv": venv}), (VenvDistributions, {"venv": venv})])
 @operation()
 def venv_matches(venv: str, requirements: str, wanted: dict[str, str], locked: bool, owes: list[str] = ()):
     """The venv (made with Debian's python3 when absent) holds the packages of `requirements`, a

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
 
+from federate.pyinfra_ext.factcache import asks
+
 
 class DpkgInterrupted(FactBase):
     """True when an earlier dpkg run was cut off (it then refuses to install anything)."""
@@ -16,6 +18,7 @@ class DpkgInterrupted(FactBase):
         return "".join(output).strip() == "yes"
 
 
+@asks(lambda **_: [(DpkgInterrupted, {})])
 @operation()
 def dpkg_consistent():
     """Finish a cut dpkg run. The cut run's dpkg may still hold the lock: retry until it is free."""

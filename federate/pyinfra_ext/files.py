@@ -11,10 +11,12 @@ from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
 from pyinfra.api.util import get_file_sha1
 from pyinfra.facts.files import File, Sha1File
 
+from federate.pyinfra_ext.factcache import asks
 from federate.pyinfra_ext.owed import owe
 from federate.pyinfra_ext.run import temporary_name
 
 
+@asks(lambda dest, **_: [(Sha1File, {"path": dest})])
 @operation()
 def config_file(dest: str, content: str, user: str = "root", group: str = "root", mode: str = "644",
                 check: str | None = None, check_in_place: bool = False, owes: str | list[str] = ()):
@@ -33,6 +35,7 @@ def config_file(dest: str, content: str, user: str = "root", group: str = "root"
         yield from _replace_file(dest, StringIO(content), user, group, mode, check, check_in_place, owes)
 
 
+@asks(lambda dest, **_: [(Sha1File, {"path": dest})])
 @operation()
 def private_file(src: str, dest: str, user: str = "root", group: str = "root", mode: str = "600",
                  owes: str | list[str] = ()):
@@ -42,6 +45,7 @@ def private_file(src: str, dest: str, user: str = "root", group: str = "root", m
         yield from _replace_file(dest, src, user, group, mode, None, False, owes)
 
 
+@asks(lambda path, **_: [(File, {"path": path})])
 @operation()
 def file_attributes(path: str, user: str, group: str, mode: str):
     """Owner and mode of an existing file (no content is touched, nothing is created)."""
@@ -82,6 +86,7 @@ def _replace_file(dest, source, user, group, mode, check, check_in_place, owes):
     yield StringCommand(f"mv -f {tmp} {quoted}")
 
 
+@asks(lambda path, **_: [(File, {"path": path})])
 @operation()
 def generated_once(path: str, command: str, user: str, mode: str = "600"):
     """Create `path` by running `command` (which writes to $OUT) unless it already exists.
@@ -116,6 +121,7 @@ class ForeignOwned(FactBase):
         return "".join(output).strip() == "foreign"
 
 
+@asks(lambda path, user, group, **_: [(ForeignOwned, {"path": path, "user": user, "group": group})])
 @operation()
 def tree_owned(path: str, user: str, group: str):
     """Everything under `path` owned by user:group: one `chown -R` when anything is not (a tree

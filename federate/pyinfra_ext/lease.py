@@ -13,12 +13,14 @@ change: a converged host still reports 0 changed operations.
 from __future__ import annotations
 
 import shlex
+import time
 
 from pyinfra import host, logger
 from pyinfra.api import FactBase, StringCommand, operation
 from pyinfra.api.state import BaseStateCallback
 from pyinfra.context import state
 
+from federate.pyinfra_ext.factcache import forget
 from federate.pyinfra_ext.run import HOLDER, RUN_ID, fail_with
 
 LOCK = "/run/federate/deploy.lock"
@@ -91,6 +93,8 @@ class LockHolder(FactBase):
 
 
 _holding: set[str] = set()  # hosts whose lock this run holds
+_renewed: dict[str, float] = {}  # host name -> when (controller's monotonic clock) this run last took or renewed its lease
+RENEW_AFTER = 0.1  # share of the lease gone before a renewal asks the host: a quick run never renews
 
 
 class _ReleaseOnError(BaseStateCallback):
@@ -112,6 +116,7 @@ def lock_acquired(lease: int, wait: int):
         return
     if not any(isinstance(h, _ReleaseOnError) for h in state.callback_handlers):
         state.add_callback_handler(_ReleaseOnError())
+    started = time.monotonic()  # the lease runs from before the host was asked
     answer = host.get_fact(Lease, action="acquire", lease=lease, wait=wait)
     if answer[0] == "held":
         yield fail_with(f"another federate run holds the deploy lock of {host.name}: {answer[1]}, its lease "
@@ -119,6 +124,8 @@ def lock_acquired(lease: int, wait: int):
                         f"to wait for it); README, 'One run at a time'.")
         return
     _holding.add(host.name)
+    _renewed[host.name] = started
+    forget()  # facts read before the lock was held: another run may have changed the host since
     if answer[0] == "took-over":  # worth knowing: that run was cut off and may have left work undone
         logger.warning(f"{host.print_prefix}deploy lock taken over from a run whose lease ended: {answer[1]}")
     host.noop(f"deploy lock held by this run for {lease} s at a time")
@@ -131,12 +138,18 @@ def lock_renewed(lease: int):
     if not state.is_executing:
         host.noop("the deploy lock is renewed when the run executes")
         return
+    if time.monotonic() - _renewed.get(host.name, float("-inf")) < lease * RENEW_AFTER:
+        # nearly all of the lease is left, so it cannot have run out: no round trip
+        host.noop("deploy lock taken moments ago, nothing to renew")
+        return
+    started = time.monotonic()
     answer = host.get_fact(Lease, action="refresh", lease=lease)
     if answer[0] == "lost":
         _holding.discard(host.name)
         yield fail_with(f"this run's deploy lock of {host.name} ran out and was taken by {answer[1]}: "
                         "stopping here (a longer lock.lease avoids this)")
         return
+    _renewed[host.name] = started
     host.noop("deploy lock renewed")
 
 

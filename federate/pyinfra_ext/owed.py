@@ -14,6 +14,7 @@ from pyinfra.api import StringCommand, operation
 from pyinfra.api.util import get_file_sha1
 from pyinfra.facts.files import Sha1File
 
+from federate.pyinfra_ext.factcache import asks, wants
 from federate.pyinfra_ext.facts import PathExists
 
 PENDING_DIR = "/var/lib/federate/pending"
@@ -32,6 +33,7 @@ def owe(markers) -> list[StringCommand]:
     return [StringCommand(f"mkdir -p {PENDING_DIR} && touch " + " ".join(shlex.quote(m) for m in markers))]
 
 
+@asks(lambda uploads, **_: [(Sha1File, {"path": remote}) for _, remote in uploads])
 @operation()
 def owed_before_uploads(uploads: list[tuple[str, str]], marker: str):
     """Owe `marker` before any of `uploads` (local path, remote path) replaces a file, so a run cut
@@ -45,11 +47,13 @@ def owed_before_uploads(uploads: list[tuple[str, str]], marker: str):
 
 def changed_or_owed(ops: list, marker: str):
     """An `_if` condition: one of `ops` changed something, or an earlier run left `marker`."""
+    wants([(PathExists, {"path": marker})])
     def condition() -> bool:
         return any(op.did_change() for op in ops) or host.get_fact(PathExists, path=marker)
     return condition
 
 
+@asks(lambda marker, **_: [(PathExists, {"path": marker})])
 @operation()
 def settled(marker: str):
     """The owed action ran: forget it."""

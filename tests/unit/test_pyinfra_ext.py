@@ -26,6 +26,8 @@ from federate.pyinfra_ext.run import RUN_ID
 class FakeHost:
     """Answers get_fact from `facts`: {(FactClass, frozenset(kwargs.items())): value}."""
 
+    name = "fake"
+
     def __init__(self, facts: dict):
         self.facts, self.noops, self.asked = facts, [], []
 

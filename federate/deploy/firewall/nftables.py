@@ -8,10 +8,11 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
-from pyinfra.operations import systemd
 
 from federate.deploy.firewall import WEB_PORTS, Firewall, metrics_openings, policy_summary
 from federate.deploy.templating import render
+from federate.pyinfra_ext import declared
+from federate.pyinfra_ext.factcache import asks
 from federate.pyinfra_ext.files import config_file, file_attributes
 
 NFTABLES_CONF = "/etc/nftables.conf"
@@ -64,6 +65,7 @@ class FederateNftables(FactBase):
         return {line.strip() for line in output if line.strip()}
 
 
+@asks(lambda path, **_: [(NftablesLive, {"path": path})])
 @operation()
 def nftables_live(path: str):
     """The live federate table is exactly what `path` makes (loaded atomically with nft -f)."""
@@ -71,6 +73,7 @@ def nftables_live(path: str):
         yield StringCommand(f"nft -f {shlex.quote(path)}")
 
 
+@asks(lambda **_: [(FederateNftables, {})])
 @operation()
 def nftables_off():
     """No federate nftables policy, now or after a reboot (run once ufw keeps SSH open).
@@ -97,7 +100,7 @@ class Nftables(Firewall):
         nftables_live(name=f"nftables: {policy_summary(settings)}",
                       path=NFTABLES_CONF)
         # Loaded at boot by the unit; not started here, as its stop flushes every table, ufw's too.
-        systemd.service(name="nftables: loaded at boot", service="nftables", enabled=True)
+        declared.service(name="nftables: loaded at boot", service="nftables", enabled=True)
 
     def retire(self):
         nftables_off(name="nftables: federate policy off (firewall is ufw)")

@@ -11,6 +11,7 @@ from pyinfra.api import FactBase, StringCommand, operation
 from pyinfra.facts.server import Which
 
 from federate.deploy.firewall import WEB_PORTS, Firewall, metrics_openings, policy_summary
+from federate.pyinfra_ext.factcache import asks
 
 
 class UfwState(FactBase):
@@ -124,6 +125,7 @@ def policy_commands(state: dict, first: list[str], rules: list[str]) -> list[str
     return commands
 
 
+@asks(lambda **_: [(UfwState, {})])
 @operation()
 def ufw_policy(rules: list[str], first: list[str] | None = None):
     """Exactly `first` + `rules` allowed (`first` leading their chain), everything else incoming
@@ -158,6 +160,7 @@ UFW_CHAINS_GONE = (
 )
 
 
+@asks(lambda **_: [(Which, {"command": "ufw"}), (UfwState, {}), (UfwChains, {})])
 @operation()
 def ufw_off():
     """ufw disabled with no rules or chains left (run once the nftables policy that keeps SSH is live)."""

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import systemd
 
 from federate.deploy import wellknown
 from federate.deploy.debian import Release
 from federate.deploy.tls import Certificates, tls_for
+from federate.pyinfra_ext import declared
 from federate.pyinfra_ext.owed import changed_or_owed, settled
 from federate.settings import Delegation, Homeserver, HostSettings
 
@@ -76,9 +76,9 @@ def reload_if_changed(service: str, marker: str, *ops, restarted=None) -> None:
     conditions = [changed_or_owed(list(ops), marker)]
     if restarted is not None:
         conditions.append(lambda: not restarted.did_change())
-    systemd.service(name=f"{service}: reload on change", service=service, running=True,
-                    reloaded=True, _if=conditions)
-    systemd.service(name=f"{service}: running and enabled", service=service, running=True, enabled=True)
+    declared.service(name=f"{service}: reload on change", service=service, running=True,
+                     reloaded=True, _if=conditions)
+    declared.service(name=f"{service}: running and enabled", service=service, running=True, enabled=True)
     settled(name=f"{service}: reload done", marker=marker)
 
 
@@ -89,8 +89,8 @@ def retire_other(settings: HostSettings):
     Runs before packages are installed: a proxy's package starts it, which fails on taken ports.
     """
     for other in host.loop([name for name in proxies() if name != settings.proxy]):
-        systemd.service(name=f"{other}: stopped and disabled (proxy is {settings.proxy})", service=other,
-                        running=False, enabled=False)
+        declared.service(name=f"{other}: stopped and disabled (proxy is {settings.proxy})", service=other,
+                         running=False, enabled=False)
 
 
 @deploy("Proxy: port 80")

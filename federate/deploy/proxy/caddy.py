@@ -7,11 +7,12 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
-from pyinfra.operations import files, systemd
 
 from federate.deploy.proxy import HSTS_MAX_AGE, Proxy, reload_if_changed
 from federate.deploy.templating import render
 from federate.deploy.tls import CaddyAcme, wanted_certificates
+from federate.pyinfra_ext import declared
+from federate.pyinfra_ext.factcache import asks
 from federate.pyinfra_ext.files import config_file, file_attributes
 from federate.pyinfra_ext.owed import changed_or_owed, pending_marker, settled
 
@@ -64,8 +65,8 @@ class Caddy(Proxy):
         """Port 80 (ACME challenges, redirect) comes from the one Caddyfile, written with the sites."""
 
     def sites(self, certificate_ops):
-        files.directory(name="caddy: unit drop-in dir", path=posixpath.dirname(ADMIN_DROPIN),
-                        user="root", group="root", mode="755")
+        declared.directory(name="caddy: unit drop-in dir", path=posixpath.dirname(ADMIN_DROPIN),
+                           user="root", group="root", mode="755")
         dropin = config_file(name="caddy: admin socket directory (unit drop-in)", dest=ADMIN_DROPIN,
                              content=render("federate-admin.conf.j2", runtime_dir=posixpath.dirname(ADMIN_SOCKET)),
                              owes=RESTART)
@@ -75,8 +76,8 @@ class Caddy(Proxy):
         file_attributes(name="Caddyfile owner and mode", path=CADDYFILE, user="root", group="root", mode="644")
         # A reload reaches caddy at the admin address of the new Caddyfile: a caddy started before the
         # drop-in (its package's start, an older federate) listens elsewhere, so it is restarted once.
-        restart = systemd.service(name="caddy: restart onto the admin socket", service="caddy", running=True,
-                                  restarted=True, daemon_reload=True, _if=changed_or_owed([dropin], RESTART))
+        restart = declared.service(name="caddy: restart onto the admin socket", service="caddy", running=True,
+                                    restarted=True, daemon_reload=True, _if=changed_or_owed([dropin], RESTART))
         settled(name="caddy: restart done", marker=RESTART)
         # Not reloaded right after that restart: a reload cancels the certificate orders the
         # restart just started, and caddy may then wait minutes before it orders again.
@@ -97,6 +98,7 @@ class CaddyMissingCertificates(FactBase):
         return [line.strip() for line in output if line.strip()]
 
 
+@asks(lambda names, **_: [(CaddyMissingCertificates, {"names": names})])
 @operation()
 def caddy_certificates(names: list[str]):
     """Wait until caddy obtained every certificate: it does so in the background after a reload,

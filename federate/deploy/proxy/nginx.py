@@ -10,6 +10,7 @@ from federate.deploy import paths
 from federate.deploy.proxy import Proxy, reload_if_changed
 from federate.deploy.templating import render
 from federate.deploy.tls import Certbot
+from federate.pyinfra_ext import declared
 from federate.pyinfra_ext.files import config_file, file_attributes
 from federate.pyinfra_ext.owed import pending_marker
 
@@ -77,9 +78,9 @@ class Nginx(Proxy):
                       **self.http2())
 
     def http_site(self):
-        removed = files.link(name="Debian's default site off", path="/etc/nginx/sites-enabled/default",
-                             present=False)
-        webroot = files.directory(name="ACME webroot", path=paths.ACME_WEBROOT, mode="755")
+        removed = declared.link(name="Debian's default site off", path="/etc/nginx/sites-enabled/default",
+                                present=False)
+        webroot = declared.directory(name="ACME webroot", path=paths.ACME_WEBROOT, mode="755")
         site = config_file(name="Port 80 site", dest=HTTP_SITE, check=NGINX_CHECK, check_in_place=True, owes=RELOAD,
                            content=self.render_http_site())
         file_attributes(name="Port 80 site owner and mode", path=HTTP_SITE, user="root", group="root", mode="644")

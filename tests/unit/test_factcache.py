@@ -1,0 +1,99 @@
+"""Facts read together (federate.pyinfra_ext.factcache), on this machine through pyinfra's local connector,
+and planning's shortcuts (planning)."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import subprocess
+
+import pytest
+from pyinfra import host
+from pyinfra.api import Config, FactBase, Inventory, State, operation
+from pyinfra.api.connect import connect_all
+from pyinfra.api.operation import add_op
+from pyinfra.api.operations import run_ops
+from pyinfra.context import ctx_host, ctx_state
+from pyinfra.facts.files import File, Sha1File
+from pyinfra.operations import server
+
+from federate.pyinfra_ext import factcache, planning
+from federate.pyinfra_ext.factcache import Together, read_together
+
+
+def test_together_keeps_each_commands_lines_and_status():
+    commands = ["echo a; echo b", "printf 'no newline'", "false", "true # a comment", "exit 3"]
+    script = Together().command(commands)
+    output = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout
+    assert Together().process(output.splitlines()) == [
+        (["a", "b"], 0), (["no newline"], 0), ([], 1), ([], 0), ([], 3)]
+
+
+@pytest.fixture
+def local():
+    """A pyinfra state with this machine as its one host, as `pyinfra @local -y` makes it."""
+    inventory = Inventory((["@local"], {}))
+    state = State(inventory, Config(), check_for_changes=False)
+    connect_all(state)
+    local_host = inventory.get_host("@local")
+    with ctx_state.use(state), ctx_host.use(local_host):
+        yield state
+    factcache._known.clear()
+    factcache._wanted.clear()
+    factcache._last_op.clear()
+    factcache._defaults.clear()
+
+
+def sha1(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def test_a_fact_read_together_is_answered_until_an_operation_changes_the_host(local, tmp_path):
+    path = tmp_path / "f"
+    path.write_text("one\n")
+    seen = []
+
+    @operation()
+    def look():
+        seen.append(host.get_fact(Sha1File, path=str(path)))
+        yield from ()
+
+    read_together([(Sha1File, {"path": str(path)}), (File, {"path": str(tmp_path / "missing")})])
+    path.write_text("two\n")  # behind pyinfra's back: the value read before is still given
+    assert host.get_fact(File, path=str(tmp_path / "missing")) is None
+    add_op(local, look)
+    add_op(local, server.shell, commands=[f"echo three > {path}"])
+    add_op(local, look)
+    run_ops(local)
+    # the first look was answered from what was read together; the shell changed the host, so
+    # the second asked again
+    assert seen == [sha1("one\n"), sha1("three\n")]
+
+
+def test_facts_that_fail_are_left_to_pyinfra(local, tmp_path):
+    class Fails(FactBase):
+        def command(self, path):
+            return "exit 2"
+
+    read_together([(Fails, {"path": str(tmp_path)}), (Sha1File, {"path": str(tmp_path / "none")})])
+    known = factcache._known[host.name]
+    assert [key[0] for key in known] == [Sha1File]
+
+
+def test_operation_order_sees_the_frames_inspect_sees():
+    def frames(take, info):
+        return [(f.filename, f.lineno) for f in (info(item[0]) for item in take())]
+
+    def both():
+        return frames(inspect.stack, inspect.getframeinfo), frames(planning.stack, planning.getframeinfo)
+
+    theirs, ours = both()
+    assert ours == theirs
+
+
+def test_global_arguments_are_worked_out_once_and_the_same():
+    from pyinfra.api.arguments import AllArguments
+    from typing import get_type_hints
+
+    assert planning.all_global_arguments() == list(get_type_hints(AllArguments).items())
+    assert planning.all_global_arguments() is not planning.all_global_arguments()  # callers may change theirs
