@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
+import re
 import statistics
 import time
 
@@ -34,6 +36,13 @@ def timed(label: str, func):
     value = func()
     print(f"{label:<28} {time.monotonic() - start:7.1f} s", flush=True)
     return value
+
+
+def facts_asked(result) -> str:
+    """How many facts (each one SSH round trip) a `--debug` run asked of each host."""
+    counts = collections.Counter(re.findall(r"\[(\w+)\] Loaded fact", re.sub(r"\x1b\[[0-9;]*m", "", result.stderr
+                                                                               + result.stdout)))
+    return ", ".join(f"{name} {count}" for name, count in sorted(counts.items()))
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -59,6 +68,7 @@ def main() -> int:
             return 1
         noop = timed("no-op deploy", lambda: run_deploy(info["inventory"], "--json"))
         print(f"{'no-op changed operations':<28} {json_totals(noop)['success']:7d}")
+        print(f"{'no-op round trips per host':<28} {facts_asked(run_deploy(info['inventory'], '--debug'))}")
         settings = prove.load_settings(info["inventory"])
         accounts = prove.accounts(settings)
         result = asyncio.run(room_across_servers(accounts["alpha.test"], accounts["beta.test"], info["dns"],
