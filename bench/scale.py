@@ -2,16 +2,15 @@
 
     .venv/bin/python bench/scale.py [--sizes 1,4,10] [--database postgres|sqlite] [--profile] [--compare CHECKOUT]
 
-One lab of 1 + 4 + 10 hosts (Debian 12, one homeserver each, nginx and ufw) is booted; each size
-gets hosts of its own, so every cold deploy starts from fresh hosts, and an inventory of only its
-hosts, so the controller validates and connects exactly those. Then, per size: a cold deploy, a
-no-op deploy, and the no-op's ratio to one host's. `--profile` also writes a cProfile of each
+Per size, one after the other, a lab of that many fresh hosts (Debian 12, one homeserver each,
+nginx and ufw; its inventory holds only them) is booted, gets a cold deploy and a no-op deploy,
+and is removed: the no-op's ratio to the first size's is printed. `--profile` also writes a cProfile of each
 no-op's controller process (`/tmp/federate-scale-<size>.prof`) and prints its top entries.
 `--compare` times the same no-ops again with the deploy of another checkout of federate (an
 older commit), on the same converged hosts: before/after figures from one lab.
 
-Memory: a host with PostgreSQL and Synapse takes about 300 MB, so 15 hosts need about 5 GB.
-Prints figures; asserts nothing about speed. The lab is removed at the end, even on failure.
+Memory: a host with PostgreSQL and Synapse takes about 300 MB, so 10 hosts need about 3 GB.
+Prints figures; asserts nothing about speed. Each lab is removed, even on failure.
 """
 
 from __future__ import annotations
@@ -23,10 +22,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from federate.lab import Lab
-from federate.lab.runner import PYINFRA, REPO_ROOT, json_totals, run_deploy, write_inventory
+from federate.lab.runner import PYINFRA, REPO_ROOT, json_totals, run_deploy
 
 
 def topology(sizes: list[int], host_data: dict) -> dict:
@@ -37,13 +35,6 @@ def topology(sizes: list[int], host_data: dict) -> dict:
             hosts[f"s{size}h{n}"] = {"homeservers": [{"server_name": f"h{n}.s{size}.test"}],
                                      "host_data": host_data}
     return {"hosts": hosts}
-
-
-def inventory_of(source: str, size: int, folder: Path) -> str:
-    """A copy of the lab inventory holding only this size's hosts."""
-    def keep(hosts):
-        hosts[:] = [(name, data) for name, data in hosts if name.startswith(f"s{size}h")]
-    return write_inventory(folder / f"inventory-{size}.py", source, keep)
 
 
 def timed(func) -> tuple[float, object]:
@@ -85,15 +76,12 @@ def main() -> int:
     parser.add_argument("--compare", help="another checkout of federate whose no-op is timed too")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    lab = Lab(f"scale{os.getpid() % 10000}", root=REPO_ROOT, log=lambda _: None)
-    folder = Path(f"/tmp/federate-scale-{os.getpid()}")
-    folder.mkdir(exist_ok=True)
     noops: dict[int, float] = {}
-    try:
-        took, info = timed(lambda: lab.up(topology(sizes, {"database": args.database})))
-        print(f"lab up ({sum(sizes)} hosts): {took:.1f} s", flush=True)
-        for size in sizes:
-            inventory = inventory_of(info["inventory"], size, folder)
+    for size in sizes:
+        lab = Lab(f"scale{os.getpid() % 10000}n{size}", root=REPO_ROOT, log=lambda _: None)
+        try:
+            took, info = timed(lambda: lab.up(topology([size], {"database": args.database})))
+            inventory = info["inventory"]
             cold_s, cold = timed(lambda: run_deploy(inventory))
             if cold.returncode != 0:
                 print(cold.stdout[-3000:], cold.stderr[-2000:])
@@ -101,19 +89,16 @@ def main() -> int:
             noop_s, noop = timed(lambda: run_deploy(inventory, "--json"))
             noops[size] = noop_s
             ratio = f", {noop_s / noops[sizes[0]]:.2f} x {sizes[0]} host(s)" if size != sizes[0] else ""
-            print(f"{size:>3} host(s): cold {cold_s:6.1f} s, no-op {noop_s:5.1f} s "
+            print(f"{size:>3} host(s): lab up {took:5.1f} s, cold {cold_s:6.1f} s, no-op {noop_s:5.1f} s "
                   f"({json_totals(noop)['success']} changed; {100 * noop_s / cold_s:.1f} % of cold{ratio})", flush=True)
             if args.profile:
                 profiled_noop(inventory, size)
             if args.compare:
                 compare_s, _ = timed(lambda: noop_with(args.compare, inventory))
                 print(f"    no-op with {args.compare}: {compare_s:5.1f} s", flush=True)
-        return 0
-    finally:
-        lab.down()
-        for path in folder.glob("*"):
-            path.unlink()
-        folder.rmdir()
+        finally:
+            lab.down()
+    return 0
 
 
 if __name__ == "__main__":
