@@ -8,6 +8,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -86,6 +87,21 @@ def open_ports(address: str, ports=SCANNED_PORTS) -> set[int]:
             return port if sock.connect_ex((address, port)) == 0 else None
     with ThreadPoolExecutor(max_workers=64) as pool:
         return {p for p in pool.map(probe, ports) if p}
+
+
+def reachable_from(session: "LabSession", host: str, address: str, port: int) -> bool:
+    """Whether lab host `host` can open a TCP connection to address:port (5 s at most)."""
+    probe = session.ssh(host, f"timeout 5 bash -c 'exec 3<>/dev/tcp/{address}/{port}' && echo open || echo closed")
+    return probe.stdout.strip() == "open"
+
+
+FEDERATE = str(Path(sys.executable).parent / "federate")
+
+
+def federate(*args: str) -> subprocess.CompletedProcess:
+    """The `federate` command as a user runs it, from the repository root."""
+    return subprocess.run([FEDERATE, *args], cwd=REPO_ROOT, text=True, capture_output=True,
+                          stdin=subprocess.DEVNULL, timeout=600)
 
 
 def issue_certificate(lab: Lab, directory: Path, names: list[str]) -> tuple[dict[str, str], int]:

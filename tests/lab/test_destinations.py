@@ -19,31 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
-import uuid
-from pathlib import Path
-
 import urllib.request
+import uuid
 
 import pytest
 from nio import RoomMessagesResponse, RoomSendResponse
 
-from conftest import SCANNED_PORTS, open_ports
+from conftest import SCANNED_PORTS, federate, open_ports, reachable_from
 from federate.lab import prove
 from federate.lab.clients import login, room_across_servers
-from federate.lab.runner import REPO_ROOT, assert_converged, run_deploy, run_deployed, write_inventory
+from federate.lab.runner import assert_converged, run_deploy, run_deployed, write_inventory
 
 pytestmark = pytest.mark.lab
-
-FEDERATE = str(Path(sys.executable).parent / "federate")
-
-
-def federate(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([FEDERATE, *args], cwd=REPO_ROOT, text=True, capture_output=True,
-                          stdin=subprocess.DEVNULL, timeout=600)
-
 
 def listed(deployed, server: str, *options: str, inventory: str | None = None) -> tuple[int, dict]:
     """(exit status, {destination: entry}) of `federate destinations --server SERVER --json`."""
@@ -194,12 +182,6 @@ def with_metrics(deployed, tmp_path_factory):
     finally:
         back = run_deploy(deployed.inventory)
         assert back.returncode == 0, back.stderr[-4000:]
-
-
-def reachable_from(deployed, host: str, address: str, port: int) -> bool:
-    """Whether lab host `host` can open a TCP connection to address:port (5 s at most)."""
-    probe = deployed.ssh(host, f"timeout 5 bash -c 'exec 3<>/dev/tcp/{address}/{port}' && echo open || echo closed")
-    return probe.stdout.strip() == "open"
 
 
 def test_metrics_only_for_the_scraper_and_no_change_on_a_rerun(deployed, with_metrics):

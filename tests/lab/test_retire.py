@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from federate.checker.http import https_get
 from federate.lab import prove
 from federate.lab.clients import find_traces, leave_traces
-from federate.lab.runner import REPO_ROOT, assert_converged, run_deploy, write_inventory
+from conftest import federate
+from federate.lab.runner import assert_converged, run_deploy, write_inventory
 
 pytestmark = pytest.mark.lab
 
@@ -27,9 +25,8 @@ NAME = "internal.alpha.test"
 KEPT = f"/etc/matrix-synapse/{NAME}/signing.key /etc/matrix-synapse/{NAME}/secrets.yaml"
 
 
-def destinations(deployed, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).parent / "federate"), "destinations", deployed.inventory, *args],
-                          cwd=REPO_ROOT, text=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=600)
+def destinations(deployed, *args: str):
+    return federate("destinations", deployed.inventory, *args)
 
 
 def test_retired_homeserver_keeps_everything_and_comes_back(deployed, tmp_path):
