@@ -64,7 +64,7 @@ def kept_and_how_to_delete(settings: HostSettings, name: str) -> str:
                 else f"SQLite database in {paths.data_dir(name)}")
     drop = (f" && runuser -u postgres -- dropdb {database_name(name)} && runuser -u postgres -- dropuser "
             f"{database_name(name)}" if settings.database == "postgres" else "")
-    return (f"{name} is not in the inventory any more: stopped and disabled, nothing deleted. Kept: "
+    return (f"{name} is not in the inventory any more: stopped and disabled, no data deleted. Kept: "
             f"{paths.conf_dir(name)} (config, signing key, secrets), {paths.data_dir(name)} (media), {database}, "
             f"OS user {os_user(name)}, dumps in {DUMPS_ROOT}/{name}, its certificate (not renewed); only its admin "
             f"token {token_path(name)} is removed. Put it back into "

@@ -42,7 +42,7 @@ def test_retired_homeserver_keeps_everything_and_comes_back(deployed, tmp_path):
     try:
         run = run_deploy(retired)
         assert run.returncode == 0, run.stderr[-4000:]
-        assert f"{NAME} is not in the inventory any more: stopped and disabled, nothing deleted." in run.stderr
+        assert f"{NAME} is not in the inventory any more: stopped and disabled, no data deleted." in run.stderr
         assert f"rm -r /etc/matrix-synapse/{NAME} /var/lib/matrix-synapse/{NAME}" in run.stderr
         state = deployed.ssh("hs1", f"systemctl is-active matrix-synapse@{NAME}; systemctl is-enabled "
                                     f"matrix-synapse@{NAME}; ls /etc/letsencrypt/renewal-parked; "
