@@ -140,3 +140,20 @@ def test_nftables_accepts_the_scrapers_to_the_listener_only():
     if shutil.which("nft"):  # nft's own parser, where the controller has it
         check = subprocess.run(["nft", "-c", "-f", "-"], input=conf, text=True, capture_output=True)
         assert check.returncode == 0 or "Operation not permitted" in check.stderr, check.stderr
+
+
+def test_a_private_bind_must_be_an_address_of_the_host(monkeypatch):
+    """Refused while planning (Synapse could not start); the host's addresses are asked only then."""
+    asked = []
+
+    class Host:
+        @staticmethod
+        def get_fact(fact):
+            asked.append(fact.__name__)
+            return {"eth0": ["10.0.0.2"], "lo": ["127.0.0.1"]} if fact.__name__ == "Ipv4Addrs" else {}
+
+    monkeypatch.setattr(synapse, "host", Host)
+    assert synapse.metrics_bind_problem(settings({}, None)) is None and asked == []  # loopback: no fact
+    assert synapse.metrics_bind_problem(settings({"bind": "10.0.0.2", "scrapers": ["10.0.0.9"]})) is None
+    assert synapse.metrics_bind_problem(settings(None, {"bind": "10.0.0.3", "scrapers": ["10.0.0.9"]})) == (
+        "host h1: homeservers[1].metrics.bind: 10.0.0.3 is not an address of this host (it has 10.0.0.2, 127.0.0.1)")
