@@ -29,8 +29,10 @@ demo: system-deps $(BIN)/federate
 	@echo
 	@echo "The lab is still running: 'make lab-status' shows it, 'make lab-down' removes it."
 
+# The test groups (labs shared by several suites, lone lab suites, unit tests) run two at a time,
+# each in its own pytest process with its own labs: tests/run_suites.py.
 test: system-deps $(BIN)/federate
-	$(BIN)/pytest -v -ra --durations=15 tests
+	$(BIN)/python tests/run_suites.py --jobs 2 -v -ra --durations=15
 
 unit: $(BIN)/federate
 	$(BIN)/pytest -q tests/unit

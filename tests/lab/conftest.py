@@ -36,12 +36,12 @@ class LabSession:
     def address(self, host: str) -> str:
         return self.info["hosts"][host]["address"]
 
-    def ssh(self, host: str, command: str, check: bool = True) -> subprocess.CompletedProcess:
+    def ssh(self, host: str, command: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
         result = subprocess.run(
             ["ssh", "-i", self.info["ssh_key"], "-o", f"UserKnownHostsFile={self.info['known_hosts']}",
              "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
              f"root@{self.address(host)}", command],
-            text=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
+            text=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"ssh {host} {command!r} failed: {result.stderr}{result.stdout}")
         return result

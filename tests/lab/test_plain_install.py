@@ -28,8 +28,10 @@ BETA = "/etc/matrix-synapse/beta.test"
 
 
 def run(command: list, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    # without PYTHONPATH: a checkout on it (a worktree under test) would shadow the installed package
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
     return subprocess.run([str(c) for c in command], cwd=cwd, text=True, capture_output=True,
-                          stdin=subprocess.DEVNULL, timeout=timeout)
+                          stdin=subprocess.DEVNULL, timeout=timeout, env=env)
 
 
 async def logs_in(account: Account, info: dict):
