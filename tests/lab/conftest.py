@@ -104,6 +104,22 @@ def federate(*args: str) -> subprocess.CompletedProcess:
                           stdin=subprocess.DEVNULL, timeout=600)
 
 
+@contextmanager
+def inventory_deployed(session: "LabSession", path: Path, *mutations) -> Iterator[str]:
+    """A copy of the session's inventory with `mutations` applied (write_inventory), deployed; the
+    session's own inventory deployed again at the end, whatever happens, so later suites find the lab
+    as it was."""
+    inventory = write_inventory(path, session.inventory, *mutations)
+    try:
+        start = time.monotonic()
+        run_deployed(inventory)
+        print(f"deploy of {path.name}: {time.monotonic() - start:.1f}s")
+        yield inventory
+    finally:
+        back = run_deploy(session.inventory)
+        assert back.returncode == 0, back.stderr[-4000:]
+
+
 def issue_certificate(lab: Lab, directory: Path, names: list[str]) -> tuple[dict[str, str], int]:
     """A certificate for `names` from the lab CA, written on the controller as
     directory/<first name>.crt and .key (replaced when called again): ({cert, key}, serial)."""

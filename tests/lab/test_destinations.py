@@ -26,10 +26,10 @@ import uuid
 import pytest
 from nio import RoomMessagesResponse, RoomSendResponse
 
-from conftest import SCANNED_PORTS, federate, open_ports, reachable_from
+from conftest import SCANNED_PORTS, federate, inventory_deployed, open_ports, reachable_from
 from federate.lab import prove
 from federate.lab.clients import login, room_across_servers
-from federate.lab.runner import assert_converged, run_deploy, run_deployed, write_inventory
+from federate.lab.runner import assert_converged
 
 pytestmark = pytest.mark.lab
 
@@ -173,15 +173,8 @@ def with_metrics(deployed, tmp_path_factory):
         homeserver_data(hosts, "hs1", "alpha.test")["metrics"] = {"bind": deployed.address("hs1"),
                                                                   "scrapers": [deployed.info["dns"]]}
         homeserver_data(hosts, "hs2", "beta.test")["metrics"] = {}
-    inventory = write_inventory(tmp_path_factory.mktemp("metrics") / "inventory.py", deployed.inventory, metrics_on)
-    try:
-        start = time.monotonic()
-        run_deployed(inventory)
-        print(f"deploy that turns metrics on: {time.monotonic() - start:.1f}s")
+    with inventory_deployed(deployed, tmp_path_factory.mktemp("metrics") / "metrics.py", metrics_on) as inventory:
         yield inventory
-    finally:
-        back = run_deploy(deployed.inventory)
-        assert back.returncode == 0, back.stderr[-4000:]
 
 
 def test_metrics_only_for_the_scraper_and_no_change_on_a_rerun(deployed, with_metrics):

@@ -15,8 +15,8 @@ import urllib.request
 
 import pytest
 
-from conftest import SCANNED_PORTS, federate, open_ports, reachable_from
-from federate.lab.runner import assert_converged, run_deploy, run_deployed, write_inventory
+from conftest import SCANNED_PORTS, federate, inventory_deployed, open_ports, reachable_from
+from federate.lab.runner import assert_converged
 
 pytestmark = pytest.mark.lab
 
@@ -33,21 +33,16 @@ def nft_metrics(variant_lab, tmp_path_factory):
         beta, internal = dict(hosts)["hs2"]["homeservers"]
         beta["metrics"] = {"bind": variant_lab.address("hs2"), "scrapers": [variant_lab.info["dns"]]}
         internal["metrics"] = {}
-    inventory = write_inventory(tmp_path_factory.mktemp("nft-metrics") / "inventory.py", variant_lab.inventory,
-                                metrics_on)
-    try:
-        run_deployed(inventory)
+    path = tmp_path_factory.mktemp("nft-metrics") / "metrics.py"
+    with inventory_deployed(variant_lab, path, metrics_on) as inventory:
         yield inventory
-    finally:
-        back = run_deploy(variant_lab.inventory)
-        assert back.returncode == 0, back.stderr[-4000:]
 
 
 def test_nftables_lets_only_the_scraper_in_and_a_rerun_changes_nothing(variant_lab, nft_metrics):
     start = time.monotonic()
     assert_converged(nft_metrics)
     print(f"no-op re-run with metrics on: {time.monotonic() - start:.1f}s")
-    hs1, hs2 = variant_lab.address("hs1"), variant_lab.address("hs2")
+    hs2 = variant_lab.address("hs2")
     with urllib.request.urlopen(f"http://{hs2}:{BETA_PORT}/_synapse/metrics", timeout=10) as reply:
         assert "synapse_federation_transaction_queue_pending_pdus" in reply.read().decode()
     assert not reachable_from(variant_lab, "hs1", hs2, BETA_PORT)
