@@ -204,8 +204,10 @@ def _strip(text: str) -> str:
 
 def test_the_deploy_is_never_cut_when_the_controller_is_not_trusted(limit_lab):
     """A deploy that takes the controller's exemption away: once it is connected, the controller
-    logs in on new SSH connections throughout. The firewall starts refusing them within the run,
-    and the run (its established session) goes on to the end; so does an open session."""
+    logs in on new SSH connections throughout. From the firewall step on they count against the
+    limit and are refused once it is reached, and the run (its established session) goes on to the
+    end; so does an open session. A no-op run is over in seconds, before the limit is reached: the
+    probing goes on after it until both hosts have refused."""
     output = []
     with watched(limit_lab, probing=False) as prober:
         deploy = subprocess.Popen([PYINFRA, limit_lab.info["untrusted"], "deploy.py", "-y"], cwd=REPO_ROOT,
@@ -217,13 +219,17 @@ def test_the_deploy_is_never_cut_when_the_controller_is_not_trusted(limit_lab):
             if not prober.thread.is_alive() and all(f"[{h}] Connected" in connected for h in ("hs1", "hs2")):
                 prober.start()
         deploy.wait(timeout=1200)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all("refused" in r for r in prober.results.values()):
+            time.sleep(0.5)
+    # before any assertion, so a failure here leaves the next tests a controller that can connect
+    time.sleep(35)  # until the controller's burst has aged out of both limits: new connections again
     log = "".join(output)
     assert deploy.returncode == 0, log[-6000:]
     for host, results in prober.results.items():
         # logged in until the firewall step took the exemption away, then refused (but for what
         # the limit allows)
         assert results[0] == "ok" and "refused" in results and set(results) <= {"ok", "refused"}, (host, results)
-    time.sleep(35)  # until the controller's burst has aged out of both limits: new connections again
     assert ufw_rules(limit_lab, "hs1")[0] == "limit 22/tcp"  # no trusted range left
     assert "saddr" not in nft_table(limit_lab, "hs2").split("chain input")[1].split("tcp dport 22 ct state")[0]
 
@@ -236,6 +242,9 @@ def test_untrusted_re_run_changes_nothing_then_trust_is_restored(limit_lab):
     assert changed_operations(result, "hs2") == [["Firewall | nftables.conf"],
                                                  ["Firewall | nftables: allow only SSH (22), 80, 443, 8448"]]
     assert logins(limit_lab, "hs1", 20) == ["ok"] * 20 and logins(limit_lab, "hs2", 20) == ["ok"] * 20
+    # The untrusted runs' connections stay in the limit's count for 30 s: the drift tests next take
+    # the controller's exemption away again, and must not find the count already used up.
+    time.sleep(35)
 
 
 DRIFT = {
