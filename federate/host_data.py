@@ -123,17 +123,35 @@ class MetricsData(_Section):
                                                  "by the firewall; required with a non-loopback bind")
 
 
+class StreamWritersData(_Section):
+    """Workers that write a stream instead of the main process (Synapse's docs: workers.md, "Stream writers")."""
+    typing: Optional[int] = Field(None, ge=0, description="typing notifications (full preset: 1; at most 1)")
+    to_device: Optional[int] = Field(None, ge=0, description="to-device messages (full preset: 1; at most 1)")
+    account_data: Optional[int] = Field(None, ge=0, description="account data and tags (full preset: 1; at most 1)")
+    receipts: Optional[int] = Field(None, ge=0, description="read receipts and markers (full preset: 1)")
+    presence: Optional[int] = Field(None, ge=0, description="presence (full preset: 1; at most 1)")
+
+
 class WorkersData(_Section):
     """Synapse workers with Redis replication (README, "Workers")."""
     preset: Literal["none", "federation", "full"] = Field(
         "none", description="none: one process; federation: a federation sender and generic workers for inbound "
-                            "federation; full: not yet")
+                            "federation; full: also client readers, media, pushers, background tasks, stream writers")
     federation_senders: Optional[int] = Field(None, ge=0, description="federation sender workers "
-                                              "(federation preset: 1; 0 leaves sending to the main process)")
+                                              "(federation and full preset: 1; 0 leaves sending to the main process)")
     federation_readers: Optional[int] = Field(None, ge=0, description="generic workers for inbound federation "
-                                              "(federation preset: 2; 0 leaves it to the main process)")
-    first_port: Optional[int] = Field(None, description="the federation readers' listeners on 127.0.0.1: this port "
-                                      "and the next ones (default: the homeserver's port + 1000)")
+                                              "(federation and full preset: 2; 0 leaves it to the main process)")
+    client_readers: Optional[int] = Field(None, ge=0, description="generic workers for the client endpoints "
+                                          "Synapse's docs list (full preset: 2)")
+    media_repositories: Optional[int] = Field(None, ge=0, description="media repository workers; the first runs "
+                                              "the media background jobs (full preset: 1)")
+    pushers: Optional[int] = Field(None, ge=0, description="workers sending push notifications (full preset: 1)")
+    background_workers: Optional[int] = Field(None, ge=0, description="the worker running background tasks "
+                                              "(full preset: 1; at most 1)")
+    stream_writers: StreamWritersData = Field(StreamWritersData(), description="writers per stream, e.g. "
+                                              "{'typing': 1, 'receipts': 2}")
+    first_port: Optional[int] = Field(None, description="the listeners of the workers the proxy routes to, on "
+                                      "127.0.0.1: this port and the next ones (default: the homeserver's port + 1000)")
 
 
 class HomeserverData(_Section):

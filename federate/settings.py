@@ -80,6 +80,8 @@ MANAGED_SYNAPSE_KEYS = frozenset({
     # workers (README, "Workers")
     "redis", "instance_map", "worker_replication_secret", "worker_replication_secret_path",
     "federation_sender_instances", "send_federation", "worker_app", "worker_name", "worker_listeners",
+    "stream_writers", "pusher_instances", "start_pushers", "run_background_tasks_on", "enable_media_repo",
+    "media_instance_running_background_jobs",
     *VISIBILITY_DEFAULTS["external"],
 })
 
@@ -107,41 +109,86 @@ class Restore:
     signing_key_sha256: str  # the manifest's: a host with another key holds another identity
 
 
-# The federation preset's counts (README, "Workers"), and the most of each a homeserver may ask for.
+# The presets' counts (README, "Workers"), and the most of each a homeserver may ask for.
 FEDERATION_PRESET = {"federation_senders": 1, "federation_readers": 2}
+# Streams whose writing Synapse's docs (workers.md, "Stream writers") let a worker take over, and
+# those of them Synapse allows one writer of only (it refuses to start with more).
+STREAMS = ("typing", "to_device", "account_data", "receipts", "presence")
+SINGLE_WRITER_STREAMS = ("typing", "to_device", "account_data", "presence")
+FULL_PRESET = {**FEDERATION_PRESET, "client_readers": 2, "media_repositories": 1, "pushers": 1,
+               "background_workers": 1, **{f"stream_writers.{stream}": 1 for stream in STREAMS}}
 MAX_WORKERS = 16
 WORKER_PORT_OFFSET = 1000  # default first_port: the homeserver's port + this
 
 
 @dataclass(frozen=True)
 class Workers:
-    """A homeserver's Synapse workers (none: federation_senders == federation_readers == 0)."""
+    """A homeserver's Synapse workers (none: every count 0). Workers with a listener for the proxy get
+    ports from first_port on, in this order: federation readers, client readers, media repositories,
+    stream writers."""
     preset: str = "none"
     federation_senders: int = 0
     federation_readers: int = 0
-    first_port: int = 0  # the first reader's listener on 127.0.0.1, the others follow
+    first_port: int = 0
+    client_readers: int = 0
+    media_repositories: int = 0
+    pushers: int = 0
+    background_workers: int = 0
+    stream_writers: tuple[tuple[str, int], ...] = ()  # (stream, writers) of the streams taken off the main process
 
     @property
     def enabled(self) -> bool:
-        return self.federation_senders + self.federation_readers > 0
+        return bool(self.names)
+
+    @staticmethod
+    def _named(kind: str, count: int) -> tuple[str, ...]:
+        return tuple(f"{kind}{n}" for n in range(1, count + 1))
 
     @property
     def senders(self) -> tuple[str, ...]:
         """Worker names, as in federation_sender_instances."""
-        return tuple(f"federation_sender{n}" for n in range(1, self.federation_senders + 1))
+        return self._named("federation_sender", self.federation_senders)
+
+    @property
+    def pusher_names(self) -> tuple[str, ...]:
+        return self._named("pusher", self.pushers)
+
+    @property
+    def background_names(self) -> tuple[str, ...]:
+        return self._named("background_worker", self.background_workers)
+
+    @property
+    def listening(self) -> tuple[tuple[str, str, int], ...]:
+        """(kind, worker name, port) of each worker the proxy sends requests to; kind is 'federation',
+        'client', 'media' or a stream's name."""
+        kinds = [("federation", "federation_reader", self.federation_readers),
+                 ("client", "client_reader", self.client_readers),
+                 ("media", "media_repository", self.media_repositories),
+                 *((stream, f"{stream}_writer", count) for stream, count in self.stream_writers)]
+        named = [(kind, name) for kind, prefix, count in kinds for name in self._named(prefix, count)]
+        return tuple((kind, name, self.first_port + i) for i, (kind, name) in enumerate(named))
+
+    def of_kind(self, kind: str) -> tuple[tuple[str, int], ...]:
+        """(worker name, port) of the listening workers of one kind."""
+        return tuple((name, port) for k, name, port in self.listening if k == kind)
 
     @property
     def readers(self) -> tuple[tuple[str, int], ...]:
         """(worker name, listener port) of each generic worker for inbound federation."""
-        return tuple((f"federation_reader{n}", self.first_port + n - 1) for n in range(1, self.federation_readers + 1))
+        return self.of_kind("federation")
+
+    @property
+    def writers(self) -> dict[str, list[str]]:
+        """stream -> the names of its writers (stream_writers in homeserver.yaml)."""
+        return {stream: [name for name, _ in self.of_kind(stream)] for stream, _ in self.stream_writers}
 
     @property
     def names(self) -> tuple[str, ...]:
-        return (*self.senders, *(name for name, _ in self.readers))
+        return (*self.senders, *(name for _, name, _ in self.listening), *self.pusher_names, *self.background_names)
 
     @property
     def ports(self) -> tuple[int, ...]:
-        return tuple(port for _, port in self.readers)
+        return tuple(port for _, _, port in self.listening)
 
 
 @dataclass(frozen=True)
@@ -339,40 +386,48 @@ def _restore(host: str, path: str, raw: HomeserverData, database: str, synapse_v
     return Restore(str(folder), backup_id(folder), made_by, manifest["files"]["signing.key"]["sha256"])
 
 
-def _workers(host: str, path: str, raw: HomeserverData, port: int, proxy: str, database: str) -> Workers:
+def _given_counts(given) -> dict[str, int | None]:
+    """The explicit counts of a workers setting, stream writers as 'stream_writers.<stream>'."""
+    counts = {key: getattr(given, key) for key in FULL_PRESET if "." not in key}
+    counts.update({f"stream_writers.{stream}": getattr(given.stream_writers, stream) for stream in STREAMS})
+    return counts
+
+
+def _workers(host: str, path: str, raw: HomeserverData, port: int, database: str) -> Workers:
     """The workers setting: a preset's counts, explicit counts over them, combinations checked."""
     given, path = raw.workers, f"{path}.workers"
-    if given.preset == "full":
-        _fail(host, f"{path}.preset", "'full' is not supported yet: use 'federation' (README, 'Workers')")
-    counts = dict(FEDERATION_PRESET) if given.preset == "federation" else {key: 0 for key in FEDERATION_PRESET}
-    for key in FEDERATION_PRESET:
-        value = getattr(given, key)
+    preset = {"none": {}, "federation": FEDERATION_PRESET, "full": FULL_PRESET}[given.preset]
+    counts = {key: preset.get(key, 0) for key in FULL_PRESET}
+    for key, value in _given_counts(given).items():
         if value is None:
             continue
         if given.preset == "none" and value:
-            _fail(host, f"{path}.{key}", "needs preset: federation (with preset: none the homeserver runs as one "
-                  "process)")
-        if value > MAX_WORKERS:
-            _fail(host, f"{path}.{key}", f"at most {MAX_WORKERS}, got {value}")
+            _fail(host, f"{path}.{key}", "needs preset: federation or full (with preset: none the homeserver runs "
+                  "as one process)")
+        most = 1 if key == "background_workers" or key.removeprefix("stream_writers.") in SINGLE_WRITER_STREAMS \
+            else MAX_WORKERS
+        if value > most:
+            why = " (Synapse runs this on one instance only)" if most == 1 else ""
+            _fail(host, f"{path}.{key}", f"at most {most}, got {value}{why}")
         counts[key] = value
     if given.preset == "none":
         if given.first_port is not None:
-            _fail(host, f"{path}.first_port", "needs preset: federation (no worker listens with preset: none)")
+            _fail(host, f"{path}.first_port", "needs preset: federation or full (no worker listens with preset: none)")
         return Workers()
     if not any(counts.values()):
-        _fail(host, f"{path}.preset", "federation with no federation_senders and no federation_readers runs no "
-              "worker: use preset: none")
-    if proxy != "nginx":
-        _fail(host, f"{path}.preset", f"workers are routed by nginx only so far; this host's proxy is {proxy} "
-              "(README, 'Workers')")
+        _fail(host, f"{path}.preset", f"{given.preset} with every count 0 runs no worker: use preset: none")
     if database != "postgres":
         _fail(host, f"{path}.preset", f"workers share the homeserver's database, which SQLite cannot do: "
               f"use database: postgres (this host's database is {database})")
     first_port = given.first_port if given.first_port is not None else port + WORKER_PORT_OFFSET
-    if counts["federation_readers"] and not 1024 <= first_port <= 65535 - counts["federation_readers"] + 1:
-        _fail(host, f"{path}.first_port", f"its {counts['federation_readers']} listeners must fit in 1024-65535, "
-              f"got {first_port}")
-    return Workers(given.preset, counts["federation_senders"], counts["federation_readers"], first_port)
+    workers = Workers(given.preset, first_port=first_port,
+                      stream_writers=tuple((stream, counts[f"stream_writers.{stream}"]) for stream in STREAMS
+                                           if counts[f"stream_writers.{stream}"]),
+                      **{key: value for key, value in counts.items() if "." not in key})
+    listeners = len(workers.ports)
+    if listeners and not 1024 <= first_port <= 65535 - listeners + 1:
+        _fail(host, f"{path}.first_port", f"its {listeners} listeners must fit in 1024-65535, got {first_port}")
+    return workers
 
 
 def _worker_ports(host: str, homeservers: list[Homeserver], ssh_port: int):
@@ -649,7 +704,7 @@ def host_settings(host: str, data: Mapping[str, Any], base_dir: str | Path = "."
     metrics = _metrics(host, raw.homeservers, ports, ssh_port)
     homeservers = [replace(_homeserver(host, f"homeservers[{i}]", hs, ports[i]), metrics=metrics[i],
                            restore=_restore(host, f"homeservers[{i}]", hs, raw.database, raw.synapse_version, base_dir),
-                           workers=_workers(host, f"homeservers[{i}]", hs, ports[i], raw.proxy, raw.database))
+                           workers=_workers(host, f"homeservers[{i}]", hs, ports[i], raw.database))
                    for i, hs in enumerate(raw.homeservers)]
     _worker_ports(host, homeservers, ssh_port)
     names = [hs.host_name for hs in homeservers]

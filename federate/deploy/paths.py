@@ -79,6 +79,11 @@ def replication_socket(server_name: str) -> str:
     return f"{data_dir(server_name)}/replication.sock"
 
 
+def worker_replication_socket(server_name: str, worker: str) -> str:
+    """A stream writer's replication listener (instance_map), beside the main process's."""
+    return f"{data_dir(server_name)}/replication-{worker}.sock"
+
+
 def replication_secret(server_name: str) -> str:
     return f"{conf_dir(server_name)}/replication.secret"
 

@@ -59,31 +59,56 @@ class WorkerFiles(FactBase):
 
 def homeserver_config(hs: Homeserver) -> dict:
     """What homeserver.yaml gets for workers (nothing without them)."""
-    if not hs.workers.enabled:
+    w = hs.workers
+    if not w.enabled:
         return {}
-    name, socket = hs.server_name, paths.replication_socket(hs.server_name)
+    name = hs.server_name
+    instances = {"main": paths.replication_socket(name),
+                 **{writer: paths.worker_replication_socket(name, writer)
+                    for writers in w.writers.values() for writer in writers}}
     config = {
-        "instance_map": {"main": {"path": socket}},
+        "instance_map": {instance: {"path": socket} for instance, socket in instances.items()},
         "redis": redis.synapse_config(hs),
         "worker_replication_secret_path": paths.replication_secret(name),
     }
-    if hs.workers.senders:
-        config["federation_sender_instances"] = list(hs.workers.senders)
+    if w.senders:
+        config["federation_sender_instances"] = list(w.senders)
+    if w.writers:
+        config["stream_writers"] = w.writers
+    if w.pusher_names:
+        config["pusher_instances"] = list(w.pusher_names)
+    if w.background_names:
+        config["run_background_tasks_on"] = w.background_names[0]
+    media = w.of_kind("media")
+    if media:  # the main process stops serving media and running its jobs; the first media worker runs them
+        config["enable_media_repo"] = False
+        config["media_instance_running_background_jobs"] = media[0][0]
     return config
 
 
-def replication_listener(hs: Homeserver) -> dict:
-    """The main process's replication listener: a Unix socket only its OS user can reach."""
-    return {"path": paths.replication_socket(hs.server_name), "mode": 0o600, "type": "http",
-            "resources": [{"names": ["replication"]}]}
+def replication_listener(hs: Homeserver, worker: str | None = None) -> dict:
+    """A replication listener (the main process's, or a stream writer's): a Unix socket only the
+    homeserver's OS user can reach."""
+    socket = paths.replication_socket(hs.server_name) if worker is None \
+        else paths.worker_replication_socket(hs.server_name, worker)
+    return {"path": socket, "mode": 0o600, "type": "http", "resources": [{"names": ["replication"]}]}
+
+
+# What each kind of listening worker serves the proxy (its listener's resource); stream writers: client.
+RESOURCES = {"federation": "federation", "client": "client", "media": "media"}
 
 
 def worker_config(hs: Homeserver, worker: str) -> dict:
-    config: dict = {"worker_app": "synapse.app.generic_worker", "worker_name": worker}
-    port = dict(hs.workers.readers).get(worker)
-    if port is not None:  # a federation reader: nginx sends it inbound federation
+    listening = {name: kind for kind, name, _ in hs.workers.listening}
+    kind = listening.get(worker)
+    app = "synapse.app.media_repository" if kind == "media" else "synapse.app.generic_worker"
+    config: dict = {"worker_app": app, "worker_name": worker}
+    if kind is not None:  # the proxy sends it requests on loopback
+        port = dict((name, port) for _, name, port in hs.workers.listening)[worker]
         config["worker_listeners"] = [{"type": "http", "port": port, "bind_addresses": ["127.0.0.1"],
-                                       "x_forwarded": True, "resources": [{"names": ["federation"]}]}]
+                                       "x_forwarded": True, "resources": [{"names": [RESOURCES.get(kind, "client")]}]}]
+    if kind in hs.workers.writers:  # a stream writer: the others reach it on its own replication socket
+        config["worker_listeners"].append(replication_listener(hs, worker))
     return config
 
 

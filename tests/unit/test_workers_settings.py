@@ -9,7 +9,8 @@ import yaml
 from federate.deploy import locks, paths, redis, synapse, workers
 from federate.deploy.debian import BOOKWORM
 from federate.deploy.proxy import proxy_for
-from federate.deploy.proxy.nginx import FEDERATION_READER_PATTERNS
+from federate.deploy.proxy import routes as proxy_routes
+from federate.deploy.proxy.routes import FEDERATION_READER_PATTERNS, with_query
 from federate.deploy.system import wanted_packages
 from federate.deploy.templating import render
 from federate.settings import MANAGED_SYNAPSE_KEYS, SettingsError, host_settings
@@ -57,11 +58,22 @@ def test_federation_preset_and_explicit_counts():
     ({"preset": "federation", "federation_readers": -1}, "homeservers[0].workers.federation_readers", "at least 0"),
     ({"preset": "federation", "federation_senders": -2}, "homeservers[0].workers.federation_senders", "at least 0"),
     ({"preset": "federation", "federation_readers": 17}, "homeservers[0].workers.federation_readers", "at most 16"),
-    ({"federation_readers": 2}, "homeservers[0].workers.federation_readers", "needs preset: federation"),
-    ({"first_port": 9000}, "homeservers[0].workers.first_port", "needs preset: federation"),
+    ({"federation_readers": 2}, "homeservers[0].workers.federation_readers", "needs preset: federation or full"),
+    ({"first_port": 9000}, "homeservers[0].workers.first_port", "needs preset: federation or full"),
+    ({"stream_writers": {"typing": 1}}, "homeservers[0].workers.stream_writers.typing", "needs preset"),
     ({"preset": "federation", "federation_senders": 0, "federation_readers": 0}, "homeservers[0].workers.preset",
      "preset: none"),
-    ({"preset": "full"}, "homeservers[0].workers.preset", "not supported yet"),
+    ({"preset": "full", "background_workers": 2}, "homeservers[0].workers.background_workers", "at most 1, got 2"),
+    ({"preset": "full", "stream_writers": {"typing": 2}}, "homeservers[0].workers.stream_writers.typing",
+     "at most 1, got 2"),
+    ({"preset": "federation", "stream_writers": {"presence": 3}}, "homeservers[0].workers.stream_writers.presence",
+     "at most 1"),
+    ({"preset": "full", "client_readers": 17}, "homeservers[0].workers.client_readers", "at most 16"),
+    ({"preset": "full", "pushers": -1}, "homeservers[0].workers.pushers", "at least 0"),
+    ({"preset": "full", "stream_writers": {"events": 1}}, "homeservers[0].workers.stream_writers.events",
+     "unknown key"),
+    ({"preset": "full", "first_port": 65530}, "homeservers[0].workers.first_port", "its 10 listeners must fit"),
+    ({"preset": "full", "first_port": 8440}, "homeservers[0].workers.first_port", "8448 is used by the proxy or SSH"),
     ({"preset": "many"}, "homeservers[0].workers.preset", "must be one of none, federation, full"),
     ({"preset": "federation", "first_port": 8447}, "homeservers[0].workers.first_port", "8448 is used by the proxy or SSH"),
     ({"preset": "federation", "first_port": 65535}, "homeservers[0].workers.first_port", "1024-65535"),
@@ -71,9 +83,8 @@ def test_bad_workers_are_refused_naming_the_field(workers, field, words):
     assert words in refused(data(workers), field)
 
 
-def test_workers_need_postgres_and_nginx():
-    assert "SQLite" in refused(data({"preset": "federation"}, database="sqlite"), "homeservers[0].workers.preset")
-    assert "nginx only" in refused(data({"preset": "federation"}, proxy="caddy"), "homeservers[0].workers.preset")
+def test_workers_need_postgres():
+    assert "SQLite" in refused(data({"preset": "full"}, database="sqlite"), "homeservers[0].workers.preset")
 
 
 def test_worker_ports_may_not_collide_with_another_homeserver():
@@ -152,12 +163,12 @@ def test_nginx_routes_exactly_the_documented_federation_endpoints_to_the_readers
     mapping = re.search(r"map \$request_uri \$federate_synapse_alpha_test_backend \{(.*?)\n\}", site, re.S).group(1)
     routes = re.findall(r'"~(.*?)" (\S+);', mapping)
     assert routes[0] == ("^/_matrix/federation/v1/send/", "federate_synapse_alpha_test_inbound")
-    assert [p for p, _ in routes[1:]] == list(FEDERATION_READER_PATTERNS)
+    assert [p for p, _ in routes[1:]] == [with_query(p) for p in FEDERATION_READER_PATTERNS]
+    assert {b for _, b in routes[1:]} == {"federate_synapse_alpha_test_federation"}
     assert "default 127.0.0.1:8008;" in mapping
-    assert site.count("proxy_pass http://$federate_synapse_alpha_test_backend;") == 2  # 443 and 8448
-    # the client API still goes to the main process only
-    client = site.split("location ~ ^(/_matrix|/_synapse/client)")[1]
-    assert "proxy_pass http://127.0.0.1:8008;" in client.split("}")[1]
+    # 443 and 8448's federation, 443's client API: the client API has no route to a worker but the map's default
+    assert site.count("proxy_pass http://$federate_synapse_alpha_test_backend;") == 3
+    assert not any(p.startswith("^/_matrix/client") for p, _ in routes)
 
 
 def test_redis_lock_is_the_plain_lock_plus_the_redis_client():
@@ -173,3 +184,144 @@ def test_worker_ports_may_not_collide_with_a_metrics_listener():
                                          "workers": {"preset": "federation"}}]),
                       "homeservers[0].workers.first_port")
     assert "9008 is already used by homeservers[0].metrics.port" in message
+
+
+def test_full_preset_counts_and_explicit_overrides():
+    w = host_settings("h1", data({"preset": "full"})).homeservers[0].workers
+    assert w.names == ("federation_sender1", "federation_reader1", "federation_reader2", "client_reader1",
+                       "client_reader2", "media_repository1", "typing_writer1", "to_device_writer1",
+                       "account_data_writer1", "receipts_writer1", "presence_writer1", "pusher1", "background_worker1")
+    # the federation readers keep the federation preset's ports; the others follow
+    assert w.ports == tuple(range(9008, 9018)) and w.readers == (("federation_reader1", 9008), ("federation_reader2", 9009))
+    w = host_settings("h1", data({"preset": "full", "client_readers": 0, "pushers": 2, "background_workers": 0,
+                                  "stream_writers": {"receipts": 2, "presence": 0}})).homeservers[0].workers
+    assert w.writers == {"typing": ["typing_writer1"], "to_device": ["to_device_writer1"],
+                         "account_data": ["account_data_writer1"], "receipts": ["receipts_writer1", "receipts_writer2"]}
+    assert w.pusher_names == ("pusher1", "pusher2") and w.background_names == () and w.of_kind("client") == ()
+    # explicit counts add kinds to the federation preset too
+    w = host_settings("h1", data({"preset": "federation", "client_readers": 1})).homeservers[0].workers
+    assert w.of_kind("client") == (("client_reader1", 9010),)
+
+
+def test_full_homeserver_yaml_and_worker_configs():
+    s = host_settings("h1", data({"preset": "full"}))
+    hs = s.homeservers[0]
+    config = yaml.safe_load(synapse.render_homeserver_yaml(s, hs))
+    base = "/var/lib/matrix-synapse/alpha.test"
+    streams = ("typing", "to_device", "account_data", "receipts", "presence")
+    assert config["instance_map"] == {"main": {"path": f"{base}/replication.sock"},
+                                      **{f"{s}_writer1": {"path": f"{base}/replication-{s}_writer1.sock"}
+                                         for s in streams}}
+    assert config["stream_writers"] == {s: [f"{s}_writer1"] for s in streams}
+    assert config["pusher_instances"] == ["pusher1"] and config["run_background_tasks_on"] == "background_worker1"
+    assert config["enable_media_repo"] is False
+    assert config["media_instance_running_background_jobs"] == "media_repository1"
+    media = yaml.safe_load(workers.render_worker_yaml(hs, "media_repository1"))
+    assert media["worker_app"] == "synapse.app.media_repository"
+    assert media["worker_listeners"] == [{"type": "http", "port": 9012, "bind_addresses": ["127.0.0.1"],
+                                          "x_forwarded": True, "resources": [{"names": ["media"]}]}]
+    writer = yaml.safe_load(workers.render_worker_yaml(hs, "typing_writer1"))
+    assert writer["worker_listeners"] == [
+        {"type": "http", "port": 9013, "bind_addresses": ["127.0.0.1"], "x_forwarded": True,
+         "resources": [{"names": ["client"]}]},
+        {"path": f"{base}/replication-typing_writer1.sock", "mode": 0o600, "type": "http",
+         "resources": [{"names": ["replication"]}]}]
+    reader = yaml.safe_load(workers.render_worker_yaml(hs, "client_reader2"))
+    assert reader["worker_listeners"][0]["port"] == 9011 and reader["worker_listeners"][0]["resources"] == [
+        {"names": ["client"]}]
+    for quiet in ("pusher1", "background_worker1", "federation_sender1"):
+        assert yaml.safe_load(workers.render_worker_yaml(hs, quiet)) == {
+            "worker_app": "synapse.app.generic_worker", "worker_name": quiet}
+    assert workers.render_target_dropin(hs).count("Wants=") == 13
+    # every listener on loopback or a Unix socket of the homeserver's own
+    for worker in hs.workers.names:
+        for listener in yaml.safe_load(workers.render_worker_yaml(hs, worker)).get("worker_listeners", []):
+            assert listener.get("bind_addresses") == ["127.0.0.1"] or listener["path"].startswith(base + "/")
+
+
+# Requests of each kind, and the worker kind Synapse's docs send them to ("main": none).
+SAMPLES = {
+    "/_matrix/client/v3/rooms/!r:a.test/typing/@u:a.test": "typing",
+    "/_matrix/client/v3/sendToDevice/m.room_key/txn1": "to_device",
+    "/_matrix/client/v3/user/@u:a.test/account_data/m.direct": "account_data",
+    "/_matrix/client/v3/user/@u:a.test/rooms/!r:a.test/tags": "account_data",
+    "/_matrix/client/v3/rooms/!r:a.test/receipt/m.read/$e": "receipts",
+    "/_matrix/client/v3/rooms/!r:a.test/read_markers": "receipts",
+    "/_matrix/client/v3/presence/@u:a.test/status": "presence",
+    "/_matrix/media/v3/upload?filename=a.png": "media",
+    "/_matrix/client/v1/media/download/a.test/abc": "media",
+    "/_matrix/federation/v1/media/download/abc": "media",
+    "/_matrix/federation/v1/send/123": "inbound",
+    "/_matrix/federation/v1/version": "federation",
+    "/_matrix/key/v2/query": "federation",
+    "/_matrix/federation/v1/make_join/!r:a.test/@u:b.test?ver=10": "federation",
+    "/_matrix/client/v3/sync?since=s1&timeout=30000": "client",
+    "/_matrix/client/v3/sync": "client",
+    "/_matrix/client/v3/rooms/!r:a.test/send/m.room.message/t1": "client",
+    "/_matrix/client/v3/rooms/!r:a.test/members?at=x": "client",
+    "/_matrix/client/v3/keys/upload": "client",
+    "/_matrix/client/versions": "client",
+    "/_matrix/client/v3/login": "client",
+    "/_matrix/client/v3/rooms/!r:a.test/messages?dir=b": "main",  # pagination: one process per room
+    "/_matrix/client/v3/pushrules/": "main",  # GET only on a worker
+    "/_matrix/client/v3/syncx": "main",
+    "/_matrix/client/v3/account/whoami?x=1": "client",
+    "/_matrix/federation/v1/user/keys/claim": "main",
+    "/_synapse/client/password_reset": "main",
+}
+
+
+def _nginx_backend(site: str, uri: str) -> str:
+    mapping = re.search(r"map \$request_uri \S+ \{(.*?)\n\}", site, re.S).group(1)
+    for pattern, backend in re.findall(r'"~(.*?)" (\S+);', mapping):
+        if re.search(pattern, uri):
+            return backend.rsplit("_test_", 1)[1]
+    return "main"
+
+
+def test_nginx_routes_each_kind_of_request_to_its_workers():
+    s = host_settings("h1", data({"preset": "full"}))
+    site = proxy_for(s, BOOKWORM).wanted_sites()["/etc/nginx/conf.d/federate-alpha.test.conf"]
+    assert {uri: _nginx_backend(site, uri) for uri in SAMPLES} == SAMPLES
+    client = re.search(r"upstream federate_synapse_alpha_test_client \{(.*?)\}", site, re.S).group(1)
+    assert "hash $http_authorization$arg_access_token consistent;" in client
+    assert re.findall(r"server 127\.0\.0\.1:(\d+);", client) == ["9010", "9011"]
+    assert site.count("proxy_pass http://$federate_synapse_alpha_test_backend;") == 3
+    # exactly the docs' patterns, each kind's in the docs' order
+    routes = proxy_routes.worker_routes(s.homeservers[0])
+    assert [r.name for r in routes] == ["typing", "to_device", "account_data", "receipts", "presence", "media",
+                                        "inbound", "federation", "client"]
+    assert routes[-1].patterns == tuple(map(with_query, proxy_routes.CLIENT_READER_PATTERNS))
+
+
+def _caddy_matchers(caddyfile: str, site: str) -> dict[str, str]:
+    """matcher name -> the Python test of its expression, for the site block that starts with `site`."""
+    block = caddyfile.split(f"\n{site} {{\n")[1].split("\n}\n")[0]
+    return dict(re.findall(r"\t@(worker_\w+) expression `(.*)`", block))
+
+
+def _caddy_eval(expression: str, uri: str) -> bool:
+    python = re.sub(r'(!?)\{http\.request\.uri\}\.matches\("(.*?)"\)',
+                    lambda m: f"{'not ' if m[1] else ''}bool(re.search({m[2]!r}, uri))", expression)
+    return eval(python.replace("&&", "and"), {"re": re, "uri": uri})
+
+
+def test_caddy_routes_each_kind_of_request_to_its_workers_like_nginx():
+    s = host_settings("h1", data({"preset": "full"}, proxy="caddy"))
+    caddyfile = proxy_for(s, BOOKWORM).render_caddyfile()
+    for site in ("alpha.test:443", "alpha.test:8448"):
+        matchers = _caddy_matchers(caddyfile, site)
+        for uri, kind in SAMPLES.items():
+            matching = [name for name, expression in matchers.items() if _caddy_eval(expression, uri)]
+            assert matching == [f"worker_{kind}"], (uri, matching)  # exactly one: order does not matter
+    assert caddyfile.count("reverse_proxy @worker_client 127.0.0.1:9010 127.0.0.1:9011 {") == 3  # 443: 2 APIs, 8448: 1
+    assert caddyfile.count("lb_policy header Authorization") == 3 and caddyfile.count("lb_policy ip_hash") == 3
+    assert caddyfile.count("reverse_proxy @worker_main 127.0.0.1:8008\n") == 3
+    assert "reverse_proxy 127.0.0.1:8008" not in caddyfile  # nothing unmatched
+    assert "\\" not in caddyfile.split("# alpha.test\n")[1]  # no escapes to get wrong in CEL
+
+
+def test_caddy_without_workers_proxies_everything_to_the_main_process():
+    s = host_settings("h1", data(proxy="caddy"))
+    caddyfile = proxy_for(s, BOOKWORM).render_caddyfile()
+    assert "@worker" not in caddyfile and caddyfile.count("reverse_proxy 127.0.0.1:8008\n") == 3

@@ -9,6 +9,7 @@ from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
 
 from federate.deploy.proxy import HSTS_MAX_AGE, Proxy, reload_if_changed
+from federate.deploy.proxy.routes import worker_routes
 from federate.deploy.templating import render
 from federate.deploy.tls import CaddyAcme, wanted_certificates
 from federate.pyinfra_ext import declared
@@ -39,6 +40,27 @@ def _addresses(names, port: int) -> list[str]:
     return [f"{name}:{port}" for name in names]
 
 
+def _uri_matches(patterns) -> str:
+    """A CEL test of the raw request URI against any of `patterns` (RE2; they hold no quote or backslash)."""
+    return '{http.request.uri}.matches("' + "|".join(f"(?:{p})" for p in patterns) + '")'
+
+
+def worker_matchers(hs) -> list[dict]:
+    """The homeserver's worker routes as caddy matchers that exclude each other (a route's patterns and
+    none of an earlier route's, the main process what no route matches), so that, whatever order caddy
+    sorts its handlers in, the first matching route wins as in nginx. Empty without listening workers."""
+    routes, matchers, earlier = worker_routes(hs), [], []
+    for route in routes:
+        expression = _uri_matches(route.patterns) + (f" && !{_uri_matches(earlier)}" if earlier else "")
+        matchers.append({"name": f"worker_{route.name}", "expression": expression, "balance": route.balance,
+                         "upstreams": " ".join(f"127.0.0.1:{port}" for port in route.ports)})
+        earlier += route.patterns
+    if matchers:
+        matchers.append({"name": "worker_main", "expression": f"!{_uri_matches(earlier)}", "balance": "",
+                         "upstreams": f"127.0.0.1:{hs.port}"})
+    return matchers
+
+
 class Caddy(Proxy):
     name = "caddy"
     packages = ("caddy",)
@@ -48,7 +70,7 @@ class Caddy(Proxy):
 
     def caddyfile_context(self) -> dict:
         settings, acme = self.settings, self.certificates.by_proxy
-        homeservers = [{**self.site_context(hs), "addresses_443": _addresses(hs.proxy_names, 443),
+        homeservers = [{**self.site_context(hs), "workers": worker_matchers(hs), "addresses_443": _addresses(hs.proxy_names, 443),
                         "addresses_8448": _addresses(hs.proxy_names, 8448) if hs.federation_open else []}
                        for hs in settings.homeservers]
         delegations = [{**self.delegation_context(d), "addresses_443": _addresses([d.server_name], 443)}

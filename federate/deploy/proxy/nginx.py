@@ -8,6 +8,7 @@ from pyinfra.operations import files
 
 from federate.deploy import paths
 from federate.deploy.proxy import Proxy, reload_if_changed
+from federate.deploy.proxy.routes import worker_routes as routes_for
 from federate.deploy.templating import render
 from federate.deploy.tls import Certbot
 from federate.pyinfra_ext import declared
@@ -21,29 +22,14 @@ NGINX_CHECK = "nginx -t -q"
 RELOAD = pending_marker("reload-nginx")
 
 
-# Synapse's docs (workers.md, "Federation requests"): the federation endpoints a generic worker serves,
-# besides inbound transactions (/_matrix/federation/v1/send/, balanced by source address).
-FEDERATION_READER_PATTERNS = (
-    "^/_matrix/federation/v1/version$", "^/_matrix/federation/v1/event/", "^/_matrix/federation/v1/state/",
-    "^/_matrix/federation/v1/state_ids/", "^/_matrix/federation/v1/backfill/",
-    "^/_matrix/federation/v1/get_missing_events/", "^/_matrix/federation/v1/publicRooms",
-    "^/_matrix/federation/v1/query/", "^/_matrix/federation/v1/make_join/", "^/_matrix/federation/v1/make_leave/",
-    "^/_matrix/federation/(v1|v2)/send_join/", "^/_matrix/federation/(v1|v2)/send_leave/",
-    "^/_matrix/federation/v1/make_knock/", "^/_matrix/federation/v1/send_knock/",
-    "^/_matrix/federation/(v1|v2)/invite/", "^/_matrix/federation/v1/event_auth/",
-    "^/_matrix/federation/v1/timestamp_to_event/", "^/_matrix/federation/v1/exchange_third_party_invite/",
-    "^/_matrix/federation/v1/user/devices/", "^/_matrix/key/v2/query", "^/_matrix/federation/v1/hierarchy/",
-)
-
-
 def worker_routes(hs) -> dict:
-    """The site template's view of a homeserver's federation readers (none: everything to the main process)."""
-    if not hs.workers.readers:
-        return {"workers": None, "federation_backend": None}
+    """The site template's view of a homeserver's worker routes (none: everything to the main process)."""
+    routes = routes_for(hs)
+    if not routes:
+        return {"workers": None, "worker_backend": None}
     prefix = f"federate_{hs.os_user}"
-    routes = {"inbound": f"{prefix}_inbound", "readers": f"{prefix}_federation", "variable": f"${prefix}_backend",
-              "ports": hs.workers.ports, "patterns": FEDERATION_READER_PATTERNS}
-    return {"workers": routes, "federation_backend": routes["variable"]}
+    return {"workers": {"prefix": prefix, "variable": f"${prefix}_backend", "routes": routes},
+            "worker_backend": f"${prefix}_backend"}
 
 
 class Nginx(Proxy):
