@@ -15,10 +15,11 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
-from pyinfra.operations import files, systemd
 
 from federate.deploy import paths
 from federate.deploy.templating import render
+from federate.pyinfra_ext import declared
+from federate.pyinfra_ext.factcache import asks
 from federate.pyinfra_ext.files import config_file, file_attributes, generated_once
 from federate.pyinfra_ext.owed import changed_or_owed, owe, pending_marker, settled
 from federate.settings import Homeserver, HostSettings
@@ -73,6 +74,7 @@ class AclCurrent(FactBase):
         return "".join(output).strip() == "yes"
 
 
+@asks(lambda password, acl, rules, **_: [(AclCurrent, {"password": password, "acl": acl, "rules": rules})])
 @operation()
 def acl_file(password: str, acl: str, rules: str, user: str, owes: str):
     """redis.acl from the password on the host: written when the password or the rules changed."""
@@ -87,7 +89,7 @@ def acl_file(password: str, acl: str, rules: str, user: str, owes: str):
 
 def mask_debian_instance():
     """Before the package is installed: its own instance would listen on 127.0.0.1:6379."""
-    files.link(name="Debian's own Redis instance masked (federate runs one per homeserver, on a socket)",
+    declared.link(name="Debian's own Redis instance masked (federate runs one per homeserver, on a socket)",
                path=DEBIAN_UNIT, target="/dev/null")
 
 
@@ -103,7 +105,7 @@ def unit_template(daemon_reload: str) -> list:
 def unit_dropin(hs: Homeserver, daemon_reload: str) -> list:
     """The drop-in that runs the homeserver's Redis as its OS user; the ops (for the daemon reload)."""
     name, user = hs.server_name, hs.os_user
-    files.directory(name=f"{name}: Redis unit drop-in dir", path=paths.redis_dropin(name).rsplit("/", 1)[0],
+    declared.directory(name=f"{name}: Redis unit drop-in dir", path=paths.redis_dropin(name).rsplit("/", 1)[0],
                     user="root", group="root", mode="755")
     dropin = config_file(name=f"{name}: Redis runs as {user} (unit drop-in)", dest=paths.redis_dropin(name),
                          content=render("federate-user.conf.j2", server_name=name, user=user),
@@ -141,17 +143,17 @@ def homeserver_files(hs: Homeserver) -> list:
 def running(hs: Homeserver, changed: list):
     """Restarted when its files changed (or a cut run owes it), running and enabled."""
     unit, marker = paths.redis_unit(hs.server_name), restart_marker(hs)
-    restart = systemd.service(name=f"{hs.server_name}: Redis restart on change", service=unit, running=True,
+    restart = declared.service(name=f"{hs.server_name}: Redis restart on change", service=unit, running=True,
                               restarted=True, _if=changed_or_owed(changed, marker))
-    systemd.service(name=f"{hs.server_name}: Redis running and enabled", service=unit, running=True, enabled=True)
+    declared.service(name=f"{hs.server_name}: Redis running and enabled", service=unit, running=True, enabled=True)
     settled(name=f"{hs.server_name}: Redis restart done", marker=marker)
     return restart
 
 
 def off(name: str):
     """A homeserver whose workers are off: its Redis stopped and disabled, its files gone but the password."""
-    systemd.service(name=f"{name}: Redis stopped and disabled (no workers)", service=paths.redis_unit(name),
+    declared.service(name=f"{name}: Redis stopped and disabled (no workers)", service=paths.redis_unit(name),
                     running=False, enabled=False)
     for what, path in host.loop([("redis.conf", paths.redis_conf(name)), ("redis.acl", paths.redis_acl(name)),
                                  ("Redis unit drop-in", paths.redis_dropin(name))]):
-        files.file(name=f"{name}: {what} removed (no workers)", path=path, present=False)
+        declared.file(name=f"{name}: {what} removed (no workers)", path=path, present=False)

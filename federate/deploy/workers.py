@@ -16,10 +16,11 @@ import shlex
 import yaml
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
-from pyinfra.operations import files, systemd
 
 from federate.deploy import paths, redis
 from federate.deploy.templating import render
+from federate.pyinfra_ext import declared
+from federate.pyinfra_ext.factcache import asks
 from federate.pyinfra_ext.files import config_file, file_attributes
 from federate.pyinfra_ext.owed import changed_or_owed, pending_marker, settled
 from federate.settings import Homeserver, HostSettings
@@ -138,7 +139,7 @@ def unit_templates(daemon_reload: str) -> list:
                        content=render("matrix-synapse-worker@.service.j2")),
            config_file(name="Worker target template", dest=paths.WORKERS_TARGET_TEMPLATE, owes=daemon_reload,
                        content=render("matrix-synapse-workers@.target.j2"))]
-    files.directory(name="Worker unit drop-in dir", path=paths.WORKER_SANDBOX_DROPIN.rsplit("/", 1)[0],
+    declared.directory(name="Worker unit drop-in dir", path=paths.WORKER_SANDBOX_DROPIN.rsplit("/", 1)[0],
                     user="root", group="root", mode="755")
     ops.append(config_file(name="Sandbox of every worker (unit drop-in)", dest=paths.WORKER_SANDBOX_DROPIN,
                            owes=daemon_reload, content=render("federate-sandbox.conf.j2", paths=paths, worker=True)))
@@ -154,14 +155,14 @@ def unit_dropins(hs: Homeserver, daemon_reload: str) -> list:
     units = []
     for worker in host.loop(hs.workers.names):
         dropin = paths.worker_dropin(name, worker)
-        files.directory(name=f"{name}: {worker} unit drop-in dir", path=dropin.rsplit("/", 1)[0],
+        declared.directory(name=f"{name}: {worker} unit drop-in dir", path=dropin.rsplit("/", 1)[0],
                         user="root", group="root", mode="755")
         units.append(config_file(name=f"{name}: {worker} unit drop-in", dest=dropin,
                                  content=render_worker_dropin(hs, worker), owes=[daemon_reload, marker]))
         file_attributes(name=f"{name}: {worker} unit drop-in owner and mode", path=dropin,
                         user="root", group="root", mode="644")
     target = paths.workers_target_dropin(name)
-    files.directory(name=f"{name}: workers target drop-in dir", path=target.rsplit("/", 1)[0],
+    declared.directory(name=f"{name}: workers target drop-in dir", path=target.rsplit("/", 1)[0],
                     user="root", group="root", mode="755")
     units.append(config_file(name=f"{name}: workers target drop-in", dest=target, content=render_target_dropin(hs),
                              owes=[daemon_reload, marker]))
@@ -174,7 +175,7 @@ def homeserver_files(hs: Homeserver) -> list:
     """The replication secret (made once) and each worker's config; the ops (for the workers' restart)."""
     name, user, marker = hs.server_name, hs.os_user, restart_marker(hs)
     made = redis.random_secret(hs, "worker replication secret", paths.replication_secret(name))
-    files.directory(name=f"{name}: workers config dir", path=paths.workers_dir(name), user=user, group=user,
+    declared.directory(name=f"{name}: workers config dir", path=paths.workers_dir(name), user=user, group=user,
                     mode="700")
     configs = [made]
     for worker in host.loop(hs.workers.names):
@@ -196,6 +197,7 @@ class UnitActive(FactBase):
         return "".join(output).strip() == "active"
 
 
+@asks(lambda target, **_: [(UnitActive, {"unit": target})])
 @operation()
 def target_active(target: str, active: bool = True):
     """A target started (or stopped), by its `systemctl is-active`."""
@@ -217,10 +219,10 @@ def running(hs: Homeserver, changed: list):
     stopped_then_started(name=f"{name}: all workers stopped, then started together (on change)", units=units,
                          target=target, _if=changed_or_owed(changed, marker))
     # running=None: pyinfra takes an active target for stopped (target_active checks it instead)
-    systemd.service(name=f"{name}: workers target enabled", service=target, running=None, enabled=True)
+    declared.service(name=f"{name}: workers target enabled", service=target, running=None, enabled=True)
     target_active(name=f"{name}: workers target started", target=target)
     for unit in host.loop(units):
-        systemd.service(name=f"{name}: {unit} running", service=unit, running=True)
+        declared.service(name=f"{name}: {unit} running", service=unit, running=True)
     settled(name=f"{name}: workers restart done", marker=marker)
 
 
@@ -229,17 +231,17 @@ def retire_stale(hs: Homeserver, on_host: set):
     with none left, the target and the homeserver's Redis too. Nothing of the homeserver's data."""
     name = hs.server_name
     for worker in host.loop(sorted(on_host - {"redis"} - set(hs.workers.names))):
-        systemd.service(name=f"{name}: worker {worker} stopped (not in the settings)",
+        declared.service(name=f"{name}: worker {worker} stopped (not in the settings)",
                         service=paths.worker_unit(name, worker), running=False)
-        files.file(name=f"{name}: {worker}.yaml removed", path=paths.worker_yaml(name, worker), present=False)
-        files.directory(name=f"{name}: {worker} unit drop-in removed",
+        declared.file(name=f"{name}: {worker}.yaml removed", path=paths.worker_yaml(name, worker), present=False)
+        declared.directory(name=f"{name}: {worker} unit drop-in removed",
                         path=paths.worker_dropin(name, worker).rsplit("/", 1)[0], present=False)
     if not hs.workers.enabled and on_host:
         target_active(name=f"{name}: workers target stopped (no workers)", target=paths.workers_target(name),
                       active=False)
-        systemd.service(name=f"{name}: workers target disabled (no workers)", service=paths.workers_target(name),
+        declared.service(name=f"{name}: workers target disabled (no workers)", service=paths.workers_target(name),
                         running=None, enabled=False)
-        files.directory(name=f"{name}: workers target drop-in removed",
+        declared.directory(name=f"{name}: workers target drop-in removed",
                         path=paths.workers_target_dropin(name).rsplit("/", 1)[0], present=False)
         if "redis" in on_host:
             redis.off(name)
