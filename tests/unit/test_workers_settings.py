@@ -325,3 +325,14 @@ def test_caddy_without_workers_proxies_everything_to_the_main_process():
     s = host_settings("h1", data(proxy="caddy"))
     caddyfile = proxy_for(s, BOOKWORM).render_caddyfile()
     assert "@worker" not in caddyfile and caddyfile.count("reverse_proxy 127.0.0.1:8008\n") == 3
+
+
+def test_full_preset_listeners_may_not_take_the_ssh_port_or_another_homeservers():
+    host_data = {**data({"preset": "full", "first_port": 2215}), "ssh_port": 2222}
+    assert "2222 is used by the proxy or SSH" in refused(host_data, "homeservers[0].workers.first_port")
+    # beta's federation readers would take alpha's last stream writer's port
+    message = refused(data(homeservers=[{"server_name": "alpha.test", "workers": {"preset": "full"}},
+                                        {"server_name": "beta.test", "workers": {"preset": "federation",
+                                                                                 "first_port": 9017}}]),
+                      "homeservers[1].workers.first_port")
+    assert "9017 is already used by homeservers[0].workers (of alpha.test)" in message
