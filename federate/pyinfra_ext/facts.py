@@ -15,3 +15,16 @@ class PathExists(FactBase):
 
     def process(self, output):
         return "".join(output).strip() == "yes"
+
+
+# pyinfra's Users fact runs about ten processes per user (grep, lastlog, id twice, ...): a quarter
+# of a second of host CPU on every run for the twenty users of a fresh Debian host. This command
+# prints the same lines (passwd entry|group|groups|lastlog line|password hash) from one `lastlog`
+# and one awk reading the same files; factcache runs it in Users' place when it reads facts together.
+USERS_COMMAND = r"""if [ -r /etc/shadow ]; then shadow=/etc/shadow; else shadow=/dev/null; fi
+lastlog 2>/dev/null | awk -F: -v shadow="$shadow" '
+FILENAME == "/etc/group" { name[$3] = $1; n = split($4, member, ","); for (i = 1; i <= n; i++) groups[member[i]] = groups[member[i]] " " $1; next }
+FILENAME == shadow { password[$1] = $2; next }
+FILENAME == "/etc/passwd" { group = ($4 in name) ? name[$4] : $4; print $0 "|" group "|" group groups[$1] "|" last[$1] "|" password[$1]; next }
+{ split($0, field, " "); line = $0; gsub(/ +/, " ", line); last[field[1]] = line }
+' - /etc/group "$shadow" /etc/passwd"""

@@ -22,11 +22,14 @@ from federate.pyinfra_ext.factcache import Together, read_together
 
 
 def test_together_keeps_each_commands_lines_and_status():
-    commands = ["echo a; echo b", "printf 'no newline'", "false", "true # a comment", "exit 3"]
+    commands = ["echo a; echo b", "printf 'no newline'", "false", "true # a comment", "exit 3", "echo",
+                "printf 'x\\n\\n'"]
     script = Together().command(commands)
     output = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout
     assert Together().process(output.splitlines()) == [
-        (["a", "b"], 0), (["no newline"], 0), ([], 1), ([], 0), ([], 3)]
+        (["a", "b"], 0), (["no newline"], 0), ([], 1), ([], 0), ([], 3), ([""], 0), (["x", ""], 0)]
+    assert Together().process(subprocess.run(["sh", "-c", Together().command([])], capture_output=True,
+                                             text=True, check=True).stdout.splitlines()) == []
 
 
 @pytest.fixture
@@ -97,3 +100,22 @@ def test_global_arguments_are_worked_out_once_and_the_same():
 
     assert planning.all_global_arguments() == list(get_type_hints(AllArguments).items())
     assert planning.all_global_arguments() is not planning.all_global_arguments()  # callers may change theirs
+
+
+def test_users_read_together_are_what_pyinfras_own_fact_says(local):
+    """The cheaper Users command prints pyinfra's lines, byte for byte, on this machine's users and
+    groups (supplementary groups, users without a password hash, system users)."""
+    from pyinfra.facts.server import Users
+
+    from federate.pyinfra_ext.facts import USERS_COMMAND
+
+    def run(command):
+        return subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout
+
+    assert run(USERS_COMMAND) == run(Users().command())
+    assert any("|" in line and line.split("|")[2].count(" ") for line in run(USERS_COMMAND).splitlines()), \
+        "no user with a supplementary group here: the comparison proves less"
+    read_together([(Users, {})])
+    cached = host.get_fact(Users)
+    factcache._known.clear()
+    assert cached == host.get_fact(Users) and cached
