@@ -4,7 +4,12 @@
 
 Per size, one after the other, a lab of that many fresh hosts (Debian 12, one homeserver each,
 nginx and ufw; its inventory holds only them) is booted, gets a cold deploy and a no-op deploy,
-and is removed: the no-op's ratio to the first size's is printed. `--profile` also writes a cProfile of each
+and is removed: the no-op's ratio to the first size's is printed. For the no-op it also prints the
+controller's CPU time (the pyinfra process), the hosts' CPU time (their cgroups: on a lab they share
+the controller's CPUs, so their work grows with their number too), each per host, and where the
+wall time went: start-up, SSH connections, planning (every host's deploy code, one host after the
+other), execution (each operation runs on all hosts, then waits for the slowest: the number of
+these barriers is printed) and the disconnect. `--profile` also writes a cProfile of each
 no-op's controller process (`/tmp/federate-scale-<size>.prof`) and prints its top entries.
 `--compare` times the same no-ops again with the deploy of another checkout of federate (an
 older commit), on the same converged hosts: before/after figures from one lab.
@@ -18,9 +23,12 @@ from __future__ import annotations
 import argparse
 import os
 import pstats
+import resource
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 from federate.lab import Lab
@@ -41,6 +49,61 @@ def timed(func) -> tuple[float, object]:
     start = time.monotonic()
     value = func()
     return time.monotonic() - start, value
+
+
+# pyinfra's progress lines that start each phase of a run (start-up: Python, imports, the inventory)
+PHASES = (("start-up", ""), ("connect", "--> Connecting to hosts"),
+          ("planning", "--> Preparing operation"), ("execution", "--> Beginning operation run"),
+          ("disconnect", "--> Results"))
+
+
+def controller_cpu() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def measured_noop(lab: Lab, inventory: str) -> dict:
+    """A `--json` no-op: its result, wall time, the controller's and the hosts' CPU time, the time
+    of each phase and the number of operations (each a barrier across hosts)."""
+    cpu, hosts_cpu, start = controller_cpu(), lab.hosts_cpu_seconds(), time.monotonic()
+    marks: list[tuple[str, float]] = []
+    lines: list[str] = []
+
+    def follow(stream):  # pyinfra logs to stderr as it goes; stdout holds the JSON at the end
+        for line in stream:
+            lines.append(line)
+            if line.startswith("--> "):
+                marks.append((line, time.monotonic() - start))
+
+    with tempfile.TemporaryFile("w+") as out:
+        process = subprocess.Popen([PYINFRA, inventory, "deploy.py", "-y", "--json"], cwd=REPO_ROOT, text=True,
+                                   stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE)
+        reader = threading.Thread(target=follow, args=(process.stderr,))
+        reader.start()
+        try:
+            process.wait(timeout=1200)
+        finally:
+            process.kill()  # only when it outlived the timeout (a finished one is reaped already)
+            reader.join()
+        wall = time.monotonic() - start
+        out.seek(0)
+        result = subprocess.CompletedProcess(process.args, process.returncode, out.read(), "".join(lines))
+    starts = [next((t for line, t in marks if line.startswith(prefix)), None) if prefix else 0.0
+              for _, prefix in PHASES]
+    ends = [*starts[1:], wall]
+    phases = {name: end - begin for (name, _), begin, end in zip(PHASES, starts, ends)
+              if begin is not None and end is not None}
+    return {"result": result, "wall": wall, "controller_cpu": controller_cpu() - cpu,
+            "hosts_cpu": lab.hosts_cpu_seconds() - hosts_cpu, "phases": phases,
+            "barriers": sum(line.startswith("--> Starting operation") for line, _ in marks)}
+
+
+def report_noop(size: int, noop: dict) -> None:
+    phases = ", ".join(f"{name} {seconds:.1f}" for name, seconds in noop["phases"].items())
+    print(f"    no-op CPU: controller {noop['controller_cpu']:.2f} s ({noop['controller_cpu'] / size:.2f} per host), "
+          f"hosts {noop['hosts_cpu']:.2f} s ({noop['hosts_cpu'] / size:.2f} per host); "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"    no-op wall by phase (s): {phases}; {noop['barriers']} operation barriers", flush=True)
 
 
 def profiled_noop(inventory: str, size: int) -> float:
@@ -86,16 +149,23 @@ def main() -> int:
             if cold.returncode != 0:
                 print(cold.stdout[-3000:], cold.stderr[-2000:])
                 return 1
-            noop_s, noop = timed(lambda: run_deploy(inventory, "--json"))
+            measured = measured_noop(lab, inventory)
+            noop, noop_s = measured["result"], measured["wall"]
+            if noop.returncode != 0:
+                print(noop.stdout[-3000:], noop.stderr[-2000:])
+                return 1
             noops[size] = noop_s
             ratio = f", {noop_s / noops[sizes[0]]:.2f} x {sizes[0]} host(s)" if size != sizes[0] else ""
             print(f"{size:>3} host(s): lab up {took:5.1f} s, cold {cold_s:6.1f} s, no-op {noop_s:5.1f} s "
                   f"({json_totals(noop)['success']} changed; {100 * noop_s / cold_s:.1f} % of cold{ratio})", flush=True)
+            report_noop(size, measured)
             if args.profile:
                 profiled_noop(inventory, size)
             if args.compare:
+                cpu, hosts_cpu = controller_cpu(), lab.hosts_cpu_seconds()
                 compare_s, _ = timed(lambda: noop_with(args.compare, inventory))
-                print(f"    no-op with {args.compare}: {compare_s:5.1f} s", flush=True)
+                print(f"    no-op with {args.compare}: {compare_s:5.1f} s; CPU: controller "
+                      f"{controller_cpu() - cpu:.2f} s, hosts {lab.hosts_cpu_seconds() - hosts_cpu:.2f} s", flush=True)
         finally:
             lab.down()
     return 0

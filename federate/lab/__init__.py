@@ -102,6 +102,11 @@ class Lab:
             all(h["running"] and h["ssh"] for h in report["hosts"].values())
         return report
 
+    def hosts_cpu_seconds(self) -> float:
+        """CPU time the lab's hosts (everything in their cgroups) have used so far: the host side
+        of a deploy, apart from the controller's own (benchmarks)."""
+        return sum(procs.cgroup_cpu_seconds(group) for group in self._cgroup_dirs())
+
     def _deploy_lock(self, address: str) -> dict | None:
         """The holder of a host's deploy lock and when its lease ends, or None (no run deploys)."""
         lock = lease.LockHolder()

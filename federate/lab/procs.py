@@ -34,6 +34,15 @@ def make_cgroups(group: str) -> list[str]:
     return dirs
 
 
+def cgroup_cpu_seconds(path: str) -> float:
+    """CPU time used in a cgroup2 group and below it (its cpu.stat); 0 for a v1 group."""
+    stat = Path(path, "cpu.stat")
+    if not stat.is_file():
+        return 0.0
+    fields = dict(line.split() for line in stat.read_text().splitlines() if line.strip())
+    return int(fields.get("usage_usec", 0)) / 1e6
+
+
 def remove_cgroup(path: str) -> None:
     """rmdir bottom-up: nested groups (made by nspawn or systemd) go first; busy ones stay."""
     root = Path(path)
