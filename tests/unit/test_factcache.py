@@ -14,7 +14,8 @@ from pyinfra.api.connect import connect_all
 from pyinfra.api.operation import add_op
 from pyinfra.api.operations import run_ops
 from pyinfra.context import ctx_host, ctx_state
-from pyinfra.facts.files import File, Sha1File
+from pyinfra.facts.files import File, FindFiles, Sha1File
+from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import server
 
 from federate.pyinfra_ext import factcache, planning
@@ -119,3 +120,17 @@ def test_users_read_together_are_what_pyinfras_own_fact_says(local):
     cached = host.get_fact(Users)
     factcache._known.clear()
     assert cached == host.get_fact(Users) and cached
+
+
+@pytest.mark.parametrize("cls, args, kwargs", [
+    (Sha1File, (), {"path": "/etc/hosts"}), (Sha1File, ("/etc/hosts",), {}),
+    (FindFiles, (), {"path": "/etc", "fname": "*.conf"}),
+    (SystemdStatus, (), {"services": ["nginx.service"], "user_mode": False}),
+])
+def test_fact_arguments_are_what_inspect_gives(cls, args, kwargs):
+    expected = inspect.getcallargs(cls().command, *args, **kwargs)
+    expected.pop("self")
+    assert factcache._arguments(cls, args, kwargs) == expected
+    with pytest.raises(TypeError):
+        factcache._arguments(cls, (), {"no_such_argument": 1})
+
