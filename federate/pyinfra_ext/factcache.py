@@ -40,7 +40,19 @@ _MARK = "@@federate-fact"
 def _key(target: Host, cls: type, args, kwargs, connector: dict | None = None) -> tuple:
     """A fact as pyinfra runs it: its normalised arguments and the connector arguments (user,
     sudo, ...) it runs with: the asking operation's, with `connector` over them."""
-    return cls, repr(sorted(_arguments(cls, args, kwargs).items())), _connector(target, connector or {})
+    return cls, _arguments_text(cls, args, kwargs), _connector(target, connector or {})
+
+
+_texts: dict[tuple, str] = {}  # (class, the arguments as given) -> their normalised text
+
+
+def _arguments_text(cls: type, args, kwargs) -> str:
+    """`_arguments` as text, worked out once for each way a fact is asked (each host asks the
+    same few hundred)."""
+    given = (cls, repr(args), repr(sorted(kwargs.items())))
+    if given not in _texts:
+        _texts[given] = repr(sorted(_arguments(cls, args, kwargs).items()))
+    return _texts[given]
 
 
 def _arguments(cls: type, args, kwargs) -> dict:
@@ -61,19 +73,24 @@ def _command_signature(cls: type) -> inspect.Signature:
 
 
 _defaults: dict[str, dict] = {}  # host name -> the global arguments of an operation that sets none
+_connectors: dict[tuple, tuple] = {}  # (id of the arguments, overrides) -> (the arguments, their text)
 
 
 def _connector(target: Host, overrides: dict) -> str:
     """As pyinfra's own fact reading does: the current operation's arguments, else the host's
-    defaults (worked out once per host: pyinfra takes milliseconds for it)."""
+    defaults (worked out once per host: pyinfra takes milliseconds for it). The text is worked out
+    once per operation and host: the operation's arguments do not change once it is planned."""
     base = target.current_op_global_arguments
     if base is None:
         if target.name not in _defaults:
             _defaults[target.name] = pop_global_arguments(target.state, target, {})[0]
         base = _defaults[target.name]
-    merged = {name: base.get(name) for name in CONNECTOR_ARGUMENT_KEYS}
-    merged.update((name, value) for name, value in overrides.items() if name in CONNECTOR_ARGUMENT_KEYS)
-    return repr(sorted(merged.items()))
+    memo = (id(base), repr(sorted(overrides.items())))
+    if memo not in _connectors or _connectors[memo][0] is not base:  # kept alive by the memo: no id reused
+        merged = {name: base.get(name) for name in CONNECTOR_ARGUMENT_KEYS}
+        merged.update((name, value) for name, value in overrides.items() if name in CONNECTOR_ARGUMENT_KEYS)
+        _connectors[memo] = base, repr(sorted(merged.items()))
+    return _connectors[memo][1]
 
 
 def _cacheable(cls, args, kwargs) -> bool:
@@ -91,8 +108,20 @@ def _get_fact(self: Host, cls, *args, **kwargs):
         key = _key(self, cls, args, kwargs)
         if key in known:
             logger.debug(f"{self.print_prefix}Fact read earlier in this run: {cls.__name__} ({key[1]})")
-            return copy.deepcopy(known[key])  # pyinfra's operations may change what they are given
+            return _copy(known[key])  # pyinfra's operations may change what they are given
     return _pyinfra_get_fact(self, cls, *args, **kwargs)
+
+
+def _copy(value):
+    """A deep copy of a fact's value; its usual shapes (dicts, lists, strings, numbers) copied
+    directly: copy.deepcopy's bookkeeping costs a millisecond for the package list."""
+    if value is None or type(value) in (str, int, bool, float):
+        return value
+    if type(value) is dict:
+        return {key: _copy(item) for key, item in value.items()}  # keys: strings, numbers, tuples
+    if type(value) is list:
+        return [_copy(item) for item in value]
+    return copy.deepcopy(value)
 
 
 # pyinfra offers no hook for this: Host.get_fact is the one place every operation asks a fact.

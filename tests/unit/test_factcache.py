@@ -46,6 +46,7 @@ def local():
     factcache._wanted.clear()
     factcache._last_op.clear()
     factcache._defaults.clear()
+    factcache._connectors.clear()
 
 
 def sha1(text: str) -> str:
@@ -134,3 +135,18 @@ def test_fact_arguments_are_what_inspect_gives(cls, args, kwargs):
     with pytest.raises(TypeError):
         factcache._arguments(cls, (), {"no_such_argument": 1})
 
+
+
+def test_a_fact_value_given_is_a_copy_of_what_was_read():
+    read = {"nginx": ["1.22"], "list": [{"a": {1, 2}}, ("t", [1])], "n": None, "s": "x", 3: 1.5}
+    given = factcache._copy(read)
+    assert given == read
+    given["nginx"].append("9"), given["list"][0]["a"].add(3), given["list"][1][1].append(2)
+    assert read == {"nginx": ["1.22"], "list": [{"a": {1, 2}}, ("t", [1])], "n": None, "s": "x", 3: 1.5}
+
+
+def test_a_fact_asked_the_same_way_gets_the_same_key_with_its_defaults(local):
+    first = factcache._key(host, FindFiles, (), {"path": "/etc", "fname": "*.conf"})
+    assert factcache._key(host, FindFiles, ("/etc",), {"fname": "*.conf"}) == first
+    assert factcache._key(host, FindFiles, (), {"path": "/etc", "fname": "*.conf"}) == first  # from the memo
+    assert factcache._key(host, FindFiles, (), {"path": "/etc", "fname": "*.conf"}, {"_su_user": "postgres"}) != first

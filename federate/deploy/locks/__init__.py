@@ -10,6 +10,7 @@ the controller's pip uses (read at run time; no index is written into a lock).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -80,6 +81,12 @@ def pins(text: str, require_hashes: bool = True) -> dict[str, str]:
     """{canonical name: version} of a requirements text whose every line is `name==version`
     (with `--hash=sha256:...` options when `require_hashes`); ValueError names the first line
     that is not. A lock holds no URL: it would name an index or a file outside the lock."""
+    return dict(_pins(text, require_hashes))  # a copy: the parsed lock is kept for the next host
+
+
+@functools.lru_cache(maxsize=8)
+def _pins(text: str, require_hashes: bool) -> dict[str, str]:
+    """Parsed once per run, not once per host (5 ms each: every package's requirement parsed)."""
     if "://" in text:
         raise ValueError("a lock names no URL (index, file or VCS)")
     found = {}
