@@ -17,7 +17,7 @@ from federate.backup import Remote, inventory_hosts
 from federate.checker.hints import INFO, hint, host_hints, host_probe_targets
 from federate.checker.policy import failing_hints
 from federate.checker.report import check_server
-from federate.deploy import paths
+from federate.deploy import paths, workers
 from federate.deploy.admin import token_path
 from federate.deploy.hostscripts import source
 from federate.manifest import BackupError
@@ -101,8 +101,9 @@ def admin_api(remote, hs: Homeserver, *args: str) -> dict:
 
 
 def list_args(hs: Homeserver, with_room_ids: bool) -> list[str]:
-    """The host script's `list` arguments: with metrics on, the metrics page is read there too."""
-    return ["list", *(["rooms"] if with_room_ids else []), *([f"metrics={hs.metrics.url}"] if hs.metrics else [])]
+    """The host script's `list` arguments: with metrics on, the metrics pages are read there too (the
+    federation senders' with sender workers, where the queue lives)."""
+    return ["list", *(["rooms"] if with_room_ids else []), *(f"metrics={url}" for url in workers.metrics_urls(hs))]
 
 
 def host_probe(remote, targets: list[list]) -> list[dict] | None:

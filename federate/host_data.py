@@ -152,6 +152,9 @@ class WorkersData(_Section):
                                               "{'typing': 1, 'receipts': 2}")
     first_port: Optional[int] = Field(None, description="the listeners of the workers the proxy routes to, on "
                                       "127.0.0.1: this port and the next ones (default: the homeserver's port + 1000)")
+    metrics_first_port: Optional[int] = Field(None, description="with metrics on, the federation senders' metrics "
+                                              "listeners on 127.0.0.1: this port and the next ones (default: the "
+                                              "first free ports after the homeserver's metrics port)")
 
 
 class HomeserverData(_Section):

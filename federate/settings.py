@@ -135,6 +135,7 @@ class Workers:
     pushers: int = 0
     background_workers: int = 0
     stream_writers: tuple[tuple[str, int], ...] = ()  # (stream, writers) of the streams taken off the main process
+    metrics_ports: tuple[int, ...] = ()  # with metrics on, each sender's metrics listener on 127.0.0.1
 
     @property
     def enabled(self) -> bool:
@@ -181,6 +182,11 @@ class Workers:
     def writers(self) -> dict[str, list[str]]:
         """stream -> the names of its writers (stream_writers in homeserver.yaml)."""
         return {stream: [name for name, _ in self.of_kind(stream)] for stream, _ in self.stream_writers}
+
+    @property
+    def sender_metrics(self) -> tuple[tuple[str, int], ...]:
+        """(worker name, metrics port) of each sender: where its federation queue is read."""
+        return tuple(zip(self.senders, self.metrics_ports))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -411,8 +417,9 @@ def _workers(host: str, path: str, raw: HomeserverData, port: int, database: str
             _fail(host, f"{path}.{key}", f"at most {most}, got {value}{why}")
         counts[key] = value
     if given.preset == "none":
-        if given.first_port is not None:
-            _fail(host, f"{path}.first_port", "needs preset: federation or full (no worker listens with preset: none)")
+        for key in ("first_port", "metrics_first_port"):
+            if getattr(given, key) is not None:
+                _fail(host, f"{path}.{key}", "needs preset: federation or full (no worker listens with preset: none)")
         return Workers()
     if not any(counts.values()):
         _fail(host, f"{path}.preset", f"{given.preset} with every count 0 runs no worker: use preset: none")
@@ -443,6 +450,49 @@ def _worker_ports(host: str, homeservers: list[Homeserver], ssh_port: int):
                 _fail(host, f"homeservers[{i}].workers.first_port", f"its listener {port} is already used by "
                       f"{taken[port]}")
             taken[port] = f"homeservers[{i}].workers (of {hs.server_name})"
+
+
+def _sender_metrics(host: str, raws: list[HomeserverData], homeservers: list[Homeserver],
+                    ssh_port: int) -> list[Homeserver]:
+    """With metrics on, each federation sender's own metrics listener on 127.0.0.1 (the queue lives in
+    the senders): from workers.metrics_first_port, else the first free ports after the homeserver's
+    metrics port; off every other listener of the host."""
+    taken = {hs.port: f"homeservers[{i}].port" for i, hs in enumerate(homeservers)}
+    taken.update({hs.metrics.port: f"homeservers[{i}].metrics.port" for i, hs in enumerate(homeservers)
+                  if hs.metrics is not None})
+    taken.update({port: f"homeservers[{i}].workers (of {hs.server_name})" for i, hs in enumerate(homeservers)
+                  for port in hs.workers.ports})
+    taken.update({port: "the proxy or SSH" for port in RESERVED_PORTS | {ssh_port}})
+    ports: dict[int, tuple[int, ...]] = {}
+    for i, (raw, hs) in enumerate(zip(raws, homeservers)):  # explicit ports first: the defaults go around them
+        first, path = raw.workers.metrics_first_port, f"homeservers[{i}].workers.metrics_first_port"
+        if first is None:
+            continue
+        if hs.metrics is None or not hs.workers.senders:
+            _fail(host, path, "needs metrics on (homeservers[N].metrics) and at least one federation sender")
+        wanted = tuple(range(first, first + hs.workers.federation_senders))
+        if not 1024 <= first <= 65535 - len(wanted) + 1:
+            _fail(host, path, f"its {len(wanted)} listeners must fit in 1024-65535, got {first}")
+        for port in wanted:
+            if port in taken:
+                _fail(host, path, f"its listener {port} is already used by {taken[port]}")
+            taken[port] = f"homeservers[{i}].workers.metrics_first_port"
+        ports[i] = wanted
+    for i, hs in enumerate(homeservers):
+        if i in ports or hs.metrics is None or not hs.workers.senders:
+            continue
+        found, candidate = [], hs.metrics.port + 1
+        while len(found) < hs.workers.federation_senders:
+            if candidate > 65535:
+                _fail(host, f"homeservers[{i}].workers.metrics_first_port", "no free port after the metrics port: "
+                      "set it")
+            if candidate not in taken:
+                found.append(candidate)
+                taken[candidate] = f"homeservers[{i}].workers (metrics of {hs.server_name})"
+            candidate += 1
+        ports[i] = tuple(found)
+    return [replace(hs, workers=replace(hs.workers, metrics_ports=ports[i])) if i in ports else hs
+            for i, hs in enumerate(homeservers)]
 
 
 def _homeserver(host: str, path: str, raw: HomeserverData, port: int) -> Homeserver:
@@ -707,6 +757,7 @@ def host_settings(host: str, data: Mapping[str, Any], base_dir: str | Path = "."
                            workers=_workers(host, f"homeservers[{i}]", hs, ports[i], raw.database))
                    for i, hs in enumerate(raw.homeservers)]
     _worker_ports(host, homeservers, ssh_port)
+    homeservers = _sender_metrics(host, raw.homeservers, homeservers, ssh_port)
     names = [hs.host_name for hs in homeservers]
     for i, hs in enumerate(homeservers):
         if hs.host_name in names[:i]:

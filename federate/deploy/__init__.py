@@ -84,8 +84,7 @@ def planning_facts(settings) -> list:
         facts.append((database.PostgresClusters, {}))
     if settings.proxy == "nginx":
         facts.append((FindFiles, {"path": SITES_DIR, "fname": "federate-*.conf"}))
-    if settings.homeservers:
-        facts.append((workers.WorkerFiles, {"names": [hs.server_name for hs in settings.homeservers]}))
+    facts.append((workers.WorkerFiles, {}))  # retired homeservers' too
     for hs in settings.homeservers:
         facts.append((File, {"path": database.sqlite_path(hs)}))
         if hs.restore is not None:

@@ -150,10 +150,13 @@ def running(hs: Homeserver, changed: list):
     return restart
 
 
-def off(name: str):
-    """A homeserver whose workers are off: its Redis stopped and disabled, its files gone but the password."""
-    declared.service(name=f"{name}: Redis stopped and disabled (no workers)", service=paths.redis_unit(name),
-                    running=False, enabled=False)
-    for what, path in host.loop([("redis.conf", paths.redis_conf(name)), ("redis.acl", paths.redis_acl(name)),
-                                 ("Redis unit drop-in", paths.redis_dropin(name))]):
+def stopped(name: str, why: str):
+    """The homeserver's Redis stopped and not started at boot."""
+    declared.service(name=f"{name}: Redis stopped and disabled ({why})", service=paths.redis_unit(name),
+                     running=False, enabled=False)
+
+
+def files_removed(name: str):
+    """A homeserver whose workers are off: its Redis files gone but the password (kept for the next time)."""
+    for what, path in host.loop([("redis.conf", paths.redis_conf(name)), ("redis.acl", paths.redis_acl(name))]):
         declared.file(name=f"{name}: {what} removed (no workers)", path=path, present=False)

@@ -187,7 +187,7 @@ def install_synapse(settings: HostSettings, release: Release):
                                                *(op for ops in worker_units.values() for group in ops for op in group)],
                                               daemon_reload))
     settled(name="Unit reload done", marker=daemon_reload)
-    on_host = host.get_fact(workers.WorkerFiles, names=[hs.server_name for hs in settings.homeservers])
+    on_host = host.get_fact(workers.WorkerFiles)
     for hs in host.loop(settings.homeservers):
         _homeserver(settings, hs, changed_before=[removed, venv, unit, sandbox, identities[hs.server_name]],
                     worker_units=(templates, *worker_units.get(hs.server_name, ([], []))),

@@ -16,6 +16,7 @@ import shlex
 import yaml
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
+from pyinfra.operations import systemd
 
 from federate.deploy import paths, redis
 from federate.deploy.templating import render
@@ -34,16 +35,16 @@ def restart_marker(hs: Homeserver) -> str:
 
 
 class WorkerFiles(FactBase):
-    """server name -> the worker config names (workers/*.yaml) and 'redis' when redis.conf is there,
-    of each given homeserver: what a run with fewer workers (or none) has to take away. One command."""
+    """server name -> what of its workers is on the host, for every homeserver the host has a config
+    dir of (retired ones too): its worker config names (workers/*.yaml), 'redis' when redis.conf is
+    there, 'target' when the target's drop-in is. What a run with fewer workers (or none, or a retired
+    homeserver) has to stop and take away. One command."""
 
-    def command(self, names: list[str]) -> str:
-        lines = []
-        for name in names:
-            conf = shlex.quote(paths.conf_dir(name))
-            lines.append(f"for f in {conf}/workers/*.yaml; do [ -f \"$f\" ] && echo {shlex.quote(name)} "
-                         f"\"$(basename \"$f\" .yaml)\"; done; [ -f {conf}/redis.conf ] && echo {shlex.quote(name)} redis")
-        return "; ".join(lines) + "; true"
+    def command(self) -> str:
+        conf, target = shlex.quote(paths.CONF_ROOT), paths.workers_target_dropin('"$n"')  # $n: each name
+        return (f"for d in {conf}/*/; do n=$(basename \"$d\"); for f in \"$d\"workers/*.yaml; do [ -f \"$f\" ] && "
+                f"echo \"$n\" \"$(basename \"$f\" .yaml)\"; done; [ -f \"$d\"redis.conf ] && echo \"$n\" redis; "
+                f"[ -f {target} ] && echo \"$n\" target; done; true")
 
     @staticmethod
     def default():
@@ -110,7 +111,21 @@ def worker_config(hs: Homeserver, worker: str) -> dict:
                                        "x_forwarded": True, "resources": [{"names": [RESOURCES.get(kind, "client")]}]}]
     if kind in hs.workers.writers:  # a stream writer: the others reach it on its own replication socket
         config["worker_listeners"].append(replication_listener(hs, worker))
+    port = dict(hs.workers.sender_metrics).get(worker)
+    if port is not None:  # with metrics on: the federation queue lives in the sender, read here
+        config["worker_listeners"] = [{"type": "metrics", "port": port, "bind_addresses": ["127.0.0.1"],
+                                       "tls": False}]
     return config
+
+
+def metrics_urls(hs: Homeserver) -> list[str]:
+    """Where the host reads the federation queue with metrics on: each sender's listener, or the main
+    process's when it sends itself; none with metrics off."""
+    if hs.metrics is None:
+        return []
+    if hs.workers.senders:
+        return [f"http://127.0.0.1:{port}/_synapse/metrics" for _, port in hs.workers.sender_metrics]
+    return [hs.metrics.url]
 
 
 def render_worker_yaml(hs: Homeserver, worker: str) -> str:
@@ -227,21 +242,43 @@ def running(hs: Homeserver, changed: list):
 
 
 def retire_stale(hs: Homeserver, on_host: set):
-    """Workers the settings no longer have (fewer, or none): stopped, their config and drop-in gone;
-    with none left, the target and the homeserver's Redis too. Nothing of the homeserver's data."""
+    """Workers the settings no longer have (fewer, or none): stopped, their drop-ins gone and systemd
+    reloaded (so no unit is left 'changed on disk'), then their configs gone; with none left, the
+    target and the homeserver's Redis too. Nothing of the homeserver's data. A run cut before the
+    reload leaves the configs, so the next one reloads again."""
     name = hs.server_name
-    for worker in host.loop(sorted(on_host - {"redis"} - set(hs.workers.names))):
+    stale = sorted(on_host - {"redis", "target"} - set(hs.workers.names))
+    for worker in host.loop(stale):
         declared.service(name=f"{name}: worker {worker} stopped (not in the settings)",
-                        service=paths.worker_unit(name, worker), running=False)
-        declared.file(name=f"{name}: {worker}.yaml removed", path=paths.worker_yaml(name, worker), present=False)
+                         service=paths.worker_unit(name, worker), running=False)
         declared.directory(name=f"{name}: {worker} unit drop-in removed",
-                        path=paths.worker_dropin(name, worker).rsplit("/", 1)[0], present=False)
-    if not hs.workers.enabled and on_host:
-        target_active(name=f"{name}: workers target stopped (no workers)", target=paths.workers_target(name),
-                      active=False)
-        declared.service(name=f"{name}: workers target disabled (no workers)", service=paths.workers_target(name),
-                        running=None, enabled=False)
+                           path=paths.worker_dropin(name, worker).rsplit("/", 1)[0], present=False)
+    all_off = not hs.workers.enabled and bool(on_host)
+    if all_off:
+        stopped(name, "no workers")
         declared.directory(name=f"{name}: workers target drop-in removed",
-                        path=paths.workers_target_dropin(name).rsplit("/", 1)[0], present=False)
-        if "redis" in on_host:
-            redis.off(name)
+                           path=paths.workers_target_dropin(name).rsplit("/", 1)[0], present=False)
+        declared.file(name=f"{name}: Redis unit drop-in removed (no workers)", path=paths.redis_dropin(name),
+                      present=False)
+    if stale or all_off:
+        systemd.daemon_reload(name=f"{name}: systemd reloaded (worker units removed)")
+    for worker in host.loop(stale):
+        declared.file(name=f"{name}: {worker}.yaml removed", path=paths.worker_yaml(name, worker), present=False)
+    if all_off and "redis" in on_host:
+        redis.files_removed(name)
+
+
+def stopped(name: str, why: str):
+    """A homeserver's workers target and every worker stopped, the target disabled (no start at boot),
+    its Redis stopped and disabled."""
+    target = paths.workers_target(name)
+    target_active(name=f"{name}: workers target stopped ({why})", target=target, active=False)
+    declared.service(name=f"{name}: workers target disabled ({why})", service=target, running=None, enabled=False)
+    redis.stopped(name, why)
+
+
+def retired(name: str, on_host: set):
+    """A homeserver out of the inventory: its workers and Redis stopped and disabled like its main
+    process, every file kept (it comes back as it was)."""
+    if on_host:
+        stopped(name, "retired")

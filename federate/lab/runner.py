@@ -58,9 +58,10 @@ def changed_names(result: subprocess.CompletedProcess, host: str) -> set[str]:
     return {name.split(" | ")[-1] for names in changed_operations(result, host) for name in names}
 
 
-def assert_converged(inventory: str) -> subprocess.CompletedProcess:
-    """A `--json` re-run that succeeds, with no failed and no changed operation on any host."""
-    result = run_deploy(inventory, "--json")
+def assert_converged(inventory: str, *extra: str) -> subprocess.CompletedProcess:
+    """A `--json` re-run (with `extra` arguments, e.g. --limit) that succeeds, with no failed and no
+    changed operation on any host."""
+    result = run_deploy(inventory, "--json", *extra)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     totals = json_totals(result)
     changed = [(op["names"], op["success"]) for op in json_document(result)["results"]["operations"]

@@ -19,7 +19,7 @@ from federate.cli import main
 from federate.deploy import admin, paths
 from federate.manifest import BackupError
 from federate.checker.hints import host_probe_targets
-from federate.settings import Metrics, host_settings
+from federate.settings import Metrics, Workers, host_settings
 
 TOKEN = "syt_secret-token-value"
 NOW = 1_700_000_000_000
@@ -461,3 +461,17 @@ def test_the_probe_script_itself(tmp_path):
     first = next(a for a in answering["addresses"] if a["address"] == "127.0.0.1")
     assert first["connect_error"] is None and first["tls_error"]
     assert refusing["addresses"][0]["connect_error"].startswith("ConnectionRefusedError")
+
+
+def test_with_sender_workers_the_queue_is_the_senders_summed(synapse):
+    """The queue lives in the federation sender workers: each one's metrics page is read (in the same
+    host call) and added up; the main process's listener is not asked."""
+    FakeSynapse.destinations, FakeSynapse.metrics_page = [destination("b.test")], METRICS_PAGE
+    settings, data = synapse.loaded
+    s = settings["h1"]
+    senders = Workers("federation", federation_senders=2, metrics_ports=(synapse.port, synapse.port))
+    hs = replace(s.homeservers[0], metrics=Metrics("127.0.0.1", free_port()), workers=senders)
+    synapse.loaded = {"h1": replace(s, homeservers=(hs, *s.homeservers[1:]))}, data
+    [result] = gather(synapse, server="a.test")
+    assert (result["pending_pdus"], result["pending_edus"]) == (6, 4) and "metrics_error" not in result, result
+    assert dest.list_args(hs, False) == ["list", *[f"metrics=http://127.0.0.1:{synapse.port}/_synapse/metrics"] * 2]

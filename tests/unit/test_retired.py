@@ -51,3 +51,12 @@ def test_certbot_renews_only_what_the_sites_need():
     # a certificate obtained by hand through federate's webroot is no retired homeserver's: left alone
     by_hand = {"renewed": ["alpha.test", "element.test"], "parked": []}
     assert commands(tls.renewals, fact(tls.FederateRenewals, by_hand), **options) == []
+
+
+def test_a_retired_homeserver_with_workers_names_their_units_too():
+    message = retired.kept_and_how_to_delete(settings(), "old.test", {"federation_sender1", "redis", "target"})
+    assert "stopped and disabled (its workers and their Redis too), no data deleted" in message
+    for unit in ("matrix-synapse@old.test.service.d", "matrix-synapse-workers@old.test.target.d",
+                 "federate-redis@old.test.service.d", "matrix-synapse-worker@old.test-federation_sender1.service.d"):
+        assert f"/etc/systemd/system/{unit}" in message
+    assert "workers" not in retired.kept_and_how_to_delete(settings(), "old.test")

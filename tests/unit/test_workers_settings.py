@@ -336,3 +336,56 @@ def test_full_preset_listeners_may_not_take_the_ssh_port_or_another_homeservers(
                                                                                  "first_port": 9017}}]),
                       "homeservers[1].workers.first_port")
     assert "9017 is already used by homeservers[0].workers (of alpha.test)" in message
+
+
+def test_with_metrics_each_sender_gets_its_own_metrics_listener_on_loopback():
+    hs = host_settings("h1", data({"preset": "federation", "federation_senders": 2})).homeservers[0]
+    assert hs.workers.sender_metrics == () and workers.metrics_urls(hs) == []  # metrics off: none
+    two = [{"server_name": "alpha.test", "metrics": {}, "workers": {"preset": "federation", "federation_senders": 2}},
+           {"server_name": "beta.test", "metrics": {}, "workers": {"preset": "federation", "first_port": 9100}}]
+    alpha, beta = host_settings("h1", data(homeservers=two)).homeservers
+    # the first free ports after each metrics port (9000, 9001), around every other listener
+    assert (alpha.metrics.port, beta.metrics.port) == (9000, 9001)
+    assert alpha.workers.sender_metrics == (("federation_sender1", 9002), ("federation_sender2", 9003))
+    assert beta.workers.sender_metrics == (("federation_sender1", 9004),)
+    assert workers.worker_config(alpha, "federation_sender2")["worker_listeners"] == [
+        {"type": "metrics", "port": 9003, "bind_addresses": ["127.0.0.1"], "tls": False}]
+    assert "worker_listeners" not in workers.worker_config(
+        host_settings("h1", data({"preset": "federation"})).homeservers[0], "federation_sender1")
+    assert workers.metrics_urls(alpha) == ["http://127.0.0.1:9002/_synapse/metrics",
+                                           "http://127.0.0.1:9003/_synapse/metrics"]
+    explicit = {"preset": "federation", "federation_senders": 2, "metrics_first_port": 9100}
+    hs = host_settings("h1", data(homeservers=[{"server_name": "alpha.test", "metrics": {}, "workers": explicit}]))
+    assert hs.homeservers[0].workers.metrics_ports == (9100, 9101)
+    # without sender workers the main process sends: its own listener has the queue
+    main_sends = {"server_name": "alpha.test", "metrics": {}, "workers": {"preset": "federation",
+                                                                          "federation_senders": 0}}
+    hs = host_settings("h1", data(homeservers=[main_sends])).homeservers[0]
+    assert workers.metrics_urls(hs) == ["http://127.0.0.1:9000/_synapse/metrics"]
+
+
+@pytest.mark.parametrize("homeserver,words", [
+    ({"workers": {"preset": "federation", "metrics_first_port": 9100}}, "needs metrics on"),
+    ({"metrics": {}, "workers": {"preset": "federation", "federation_senders": 0, "metrics_first_port": 9100}},
+     "at least one federation sender"),
+    ({"workers": {"metrics_first_port": 9100}}, "needs preset: federation"),
+    ({"metrics": {}, "workers": {"preset": "federation", "metrics_first_port": 9008}},
+     "9008 is already used by homeservers[0].workers (of alpha.test)"),
+    ({"metrics": {}, "workers": {"preset": "federation", "metrics_first_port": 9000}},
+     "9000 is already used by homeservers[0].metrics.port"),
+    ({"metrics": {}, "workers": {"preset": "federation", "federation_senders": 2, "metrics_first_port": 8447}},
+     "8448 is already used by the proxy or SSH"),
+    ({"metrics": {}, "workers": {"preset": "federation", "metrics_first_port": 80000}}, "1024-65535"),
+])
+def test_bad_sender_metrics_ports_are_refused_naming_the_field(homeserver, words):
+    message = refused(data(homeservers=[{"server_name": "alpha.test", **homeserver}]),
+                      "homeservers[0].workers.metrics_first_port")
+    assert words in message, message
+
+
+def test_worker_files_on_the_host_retired_homeservers_included():
+    found = workers.WorkerFiles().process(["alpha.test federation_sender1", "alpha.test redis", "alpha.test target",
+                                           "old.test federation_reader1", ""])
+    assert found == {"alpha.test": {"federation_sender1", "redis", "target"}, "old.test": {"federation_reader1"}}
+    command = workers.WorkerFiles().command()
+    assert "/etc/matrix-synapse/*/" in command and 'matrix-synapse-workers@"$n".target.d' in command

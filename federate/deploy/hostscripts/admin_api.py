@@ -1,8 +1,8 @@
 """Synapse's federation admin API on this host's loopback, for `federate destinations`: run as root
 with the venv's Python (standard library only); prints one JSON document.
 
-argv: TOKEN_FILE PORT list [rooms] [metrics=URL]   every destination with its room count (and room ids);
-                                                 with a metrics URL, the federation sender's queue too
+argv: TOKEN_FILE PORT list [rooms] [metrics=URL ...]   every destination with its room count (and room ids);
+                                                 with metrics URLs, the federation senders' queue too (summed)
       TOKEN_FILE PORT reset DESTINATION   reset_connection: queued events go out now
 The token is read here and sent only to 127.0.0.1: it never leaves the host. The metrics listener is
 read on this host too (loopback, or its own private address)."""
@@ -86,6 +86,15 @@ def pending(url: str) -> dict:
     return found
 
 
+def summed(queues: list) -> dict:
+    """The queues of several senders (each federation sender worker has its own share of the
+    destinations) added up; the first error when one cannot be read."""
+    for queue in queues:
+        if "error" in queue:
+            return queue
+    return {key: sum(queue[key] for queue in queues) for key in PENDING}
+
+
 def gauge(text: str, name: str):
     """The sum of a metric's samples (one per label set, e.g. server_name); None when it is absent."""
     values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
@@ -109,8 +118,9 @@ def run(argv: list[str]) -> dict:
         if action == "reset":
             return {"ok": True, "reset": reset(call, rest[0])}
         answer = {"ok": True, "destinations": destinations(call, "rooms" in rest)}
-        for url in [a.split("=", 1)[1] for a in rest if a.startswith("metrics=")]:
-            answer["pending"] = pending(url)
+        urls = [a.split("=", 1)[1] for a in rest if a.startswith("metrics=")]
+        if urls:
+            answer["pending"] = summed([pending(url) for url in urls])
         return answer
     except ApiError as error:
         return {"ok": False, "kind": "api", "status": error.status, "errcode": error.errcode, "error": error.error}
