@@ -152,6 +152,8 @@ def test_redis_has_no_port_and_one_restricted_user():
     assert "resetchannels &alpha.test &alpha.test/*" in rules and "~cache_v1:*" in rules and "-@admin" in rules
     unit = render("federate-redis@.service.j2", paths=paths, redis_server=redis.REDIS_SERVER)
     assert "PrivateNetwork=yes" in unit and "RestrictAddressFamilies=AF_UNIX" in unit
+    assert unit.rstrip().endswith("[Install]\n# enabled per homeserver with workers (started at boot); disabled "
+                                  "when its workers are off or it is retired\nWantedBy=multi-user.target")
 
 
 def test_nginx_routes_exactly_the_documented_federation_endpoints_to_the_readers():
