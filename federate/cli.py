@@ -183,13 +183,15 @@ def add_synapse_lock_parser(subparsers) -> None:
 
 
 def synapse_lock_command(args) -> int:
-    from federate.deploy.locks import LOCK_DIR, make_lock, pins
+    from federate.deploy.locks import LOCK_DIR, make_lock, make_uv_lock, pins
 
-    for python in args.python or args.default_pythons:
-        for redis in (False, True):  # the plain lock first: the Redis lock (workers) starts from it
-            path = make_lock(args.version, python, args.out or LOCK_DIR, redis=redis)
-            text = path.read_text()
-            _print(f"{path}: {len(pins(text))} packages, {text.count('--hash=')} hashes, {len(text) // 1024} KiB")
+    made = [make_lock(args.version, python, args.out or LOCK_DIR, redis=redis)
+            for python in args.python or args.default_pythons
+            for redis in (False, True)]  # the plain lock first: the Redis lock (workers) starts from it
+    made.append(make_uv_lock(args.out or LOCK_DIR))  # the uv that installs them on the hosts
+    for path in made:
+        text = path.read_text()
+        _print(f"{path}: {len(pins(text))} packages, {text.count('--hash=')} hashes, {len(text) // 1024} KiB")
     return 0
 
 

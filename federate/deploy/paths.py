@@ -2,6 +2,7 @@
 
 LEGACY_USER = "matrix-synapse"  # the one user all homeservers shared before each got its own
 VENV = "/opt/matrix-synapse/venv"
+UV = "/opt/matrix-synapse/uv"  # the pinned uv that installs the venv (root's)
 CONF_ROOT = "/etc/matrix-synapse"
 DATA_ROOT = "/var/lib/matrix-synapse"
 UNIT_TEMPLATE = "/etc/systemd/system/matrix-synapse@.service"

@@ -1,5 +1,5 @@
-"""Synapse's virtualenv: facts about it, its install from a lock (locks/) and the repairs an
-interrupted pip or venv run needs."""
+"""Synapse's virtualenv: facts about it, its install from a lock (locks/) with uv and the repairs
+an interrupted install or venv run needs."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from packaging.version import InvalidVersion, Version
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
 
+from federate.deploy import locks, paths
+from federate.deploy.hostscripts import source
 from federate.deploy.locks import LOCKED_INSTALL
 from federate.pyinfra_ext.factcache import asks
 from federate.pyinfra_ext.owed import owe
@@ -124,7 +126,7 @@ def venv_differences(wanted: dict[str, str], installed: dict[str, str],
 def venv_matches(venv: str, requirements: str, wanted: dict[str, str], locked: bool, owes: list[str] = ()):
     """The venv (made with Debian's python3 when absent) holds the packages of `requirements`, a
     file on the host: with a lock (`locked`) exactly its packages, each file checked against its
-    hashes, and packages the lock lacks removed; without one, its top-level pins. pip runs only
+    hashes, and packages the lock lacks removed; without one, its top-level pins. uv runs only
     when a package is missing or at another version, or when pip check or Synapse's import fails
     (with every version right: all reinstalled), so a converged venv costs two facts. `owes` (the
     restarts) is written before the venv changes."""
@@ -134,19 +136,27 @@ def venv_matches(venv: str, requirements: str, wanted: dict[str, str], locked: b
     if state == "ok" and not wrong and not extra:
         return
     yield from owe(owes)
-    v, r = shlex.quote(venv), shlex.quote(requirements)
+    v = shlex.quote(venv)
     if state not in ("ok", "inconsistent"):  # absent (or broken: venv_usable removes it first)
         yield StringCommand(f"rm -rf {v} && python3 -m venv {v}")
-    pip = f"{v}/bin/python -m pip --disable-pip-version-check"
     reinstall = state == "inconsistent" and not wrong and not extra  # files of a package broken
     if locked:
-        yield StringCommand(f"{pip} install {LOCKED_INSTALL}{' --force-reinstall' * reinstall} -r {r}")
+        yield uv_install(venv, requirements, *LOCKED_INSTALL.split(), *["--reinstall"] * reinstall)
         if extra:
-            yield StringCommand(f"{pip} uninstall -y " + " ".join(extra))
+            yield StringCommand(f"{v}/bin/python -m pip --disable-pip-version-check uninstall -y " + " ".join(extra))
     else:
-        if reinstall:
-            yield StringCommand(f"{pip} install --force-reinstall --no-deps -r {r}")
-        yield StringCommand(f"{pip} install -r {r}")
+        yield uv_install(venv, requirements, *["--reinstall"] * reinstall)
+
+
+def uv_install(venv: str, requirements: str, *options: str) -> StringCommand:
+    """`uv pip install` into the venv (bytecode compiled, as pip does: the venv is read-only to
+    Synapse), from the index the host's pip uses; uv itself installed first from its lock when
+    missing (hostscripts/uv_install.py). uv's cache lives for this run only: nothing else kept."""
+    arguments = [paths.UV, locks.UV_VERSION, locks.uv_lock(), "--", "--python", f"{venv}/bin/python",
+                 "--no-config", "--no-cache", "--compile-bytecode", *options, "-r", requirements]
+    env = " ".join(f"{name}={value}" for name, value in locks.UV_ENV.items())
+    return StringCommand(f"env {env} {shlex.quote(venv)}/bin/python -c {shlex.quote(source('uv_install.py'))} "
+                         + " ".join(shlex.quote(a) for a in arguments))
 
 
 def is_downgrade(wanted: str, installed: str | None) -> bool:

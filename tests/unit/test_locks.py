@@ -15,7 +15,8 @@ from federate.cli import build_parser
 from federate.deploy import locks, synapse
 from federate.deploy.database import driver_requirements
 from federate.deploy.debian import BOOKWORM, RELEASES, TRIXIE
-from federate.deploy.venv import VenvDistributions, VenvState, venv_differences, venv_matches
+from federate.deploy.hostscripts import uv_install as uv_script
+from federate.deploy.venv import VenvDistributions, VenvState, uv_install, venv_differences, venv_matches
 from federate.host_data import SYNAPSE_VERSION
 from test_pyinfra_ext import FakeHost, commands, fact
 
@@ -97,7 +98,8 @@ def venv_facts(state: str, installed: dict | None = None) -> dict:
 LOCK = {"matrix-synapse": "1.163.2", "attrs": "26.1.0", "setuptools": "84.2.1"}
 RESTART = "/var/lib/federate/pending/restart-x"
 OWE = f"mkdir -p /var/lib/federate/pending && touch {RESTART}"
-INSTALL = f"{PIP} install --require-hashes --no-deps --only-binary :all: -r {REQS}"
+LOCKED = locks.LOCKED_INSTALL.split()
+INSTALL = uv_install(VENV, REQS, *LOCKED).get_raw_value()
 
 
 def venv_commands(state, installed=None, wanted=LOCK, locked=True):
@@ -126,14 +128,50 @@ def test_packages_the_lock_lacks_are_removed():
 
 
 def test_an_inconsistent_venv_with_the_right_versions_is_reinstalled():
-    assert venv_commands("inconsistent", LOCK) == [OWE, INSTALL.replace(" -r", " --force-reinstall -r")]
+    assert venv_commands("inconsistent", LOCK) == [OWE, uv_install(VENV, REQS, *LOCKED, "--reinstall").get_raw_value()]
 
 
 def test_without_a_lock_only_the_top_level_pins_count():
     pins = {"matrix-synapse": "1.200.0", "psycopg2-binary": "2.9.13"}
     assert venv_commands("ok", {**pins, "six": "1.0"}, wanted=pins, locked=False) == []
     assert venv_commands("ok", {"matrix-synapse": "1.163.2", "psycopg2-binary": "2.9.13"}, wanted=pins,
-                         locked=False) == [OWE, f"{PIP} install -r {REQS}"]
+                         locked=False) == [OWE, uv_install(VENV, REQS).get_raw_value()]
+
+
+def test_uv_installs_the_lock_into_the_venv_with_its_python_and_comes_from_its_own_lock():
+    command = uv_install(VENV, REQS, *LOCKED).get_raw_value()
+    script, _, arguments = command.partition(" -c ")
+    assert script.endswith(f"{VENV}/bin/python")  # the venv's pip installs uv, and reads pip's settings
+    for wanted in (f"--python {VENV}/bin/python", "--compile-bytecode", "--no-config", locks.LOCKED_INSTALL,
+                   f"-r {REQS}", f"/opt/matrix-synapse/uv {locks.UV_VERSION} "):
+        assert wanted in arguments
+    assert locks.pins(locks.uv_lock()) == {"uv": locks.UV_VERSION}
+    assert locks.uv_lock().count("--hash=sha256:") > 10  # every platform's wheel: x86_64 and arm64 hosts alike
+    assert locks.uv_lock() in uv_script_argument(command)
+
+
+def uv_script_argument(command: str) -> str:
+    import shlex
+    words = shlex.split(command)
+    return words[words.index("--") - 1]
+
+
+def test_uv_gets_the_index_settings_pip_would_use():
+    listing = "\n".join([
+        "global.index-url='https://mirror.invalid/simple'", "global.proxy='http://10.0.0.1:3128'",
+        "global.cert='/etc/ssl/certs/ca-certificates.crt'", "install.extra-index-url='https://a.invalid/s https://b.invalid/s'",
+        "global.find-links='/srv/w1 /srv/w2'", "global.trusted-host='a.invalid'", "global.cache-dir='/x'",
+        ":env:.index-url='https://env.invalid/simple'", ":env:.default-timeout='90'", ":env:.no-index='yes'",
+        "download.index-url='https://download-only.invalid/simple'"])
+    settings = uv_script.pip_settings(listing)
+    assert settings["index-url"] == "https://env.invalid/simple"  # PIP_* over [install] over [global]
+    env, arguments = uv_script.uv_environment(settings)
+    assert env == {"UV_INDEX_URL": "https://env.invalid/simple", "UV_EXTRA_INDEX_URL": "https://a.invalid/s https://b.invalid/s",
+                   "UV_FIND_LINKS": "/srv/w1,/srv/w2", "UV_INSECURE_HOST": "a.invalid",
+                   "SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt", "UV_HTTP_TIMEOUT": "90",
+                   **{name: "http://10.0.0.1:3128" for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")}}
+    assert arguments == ["--no-index"]
+    assert uv_script.uv_environment(uv_script.pip_settings("")) == ({}, [])  # no config: uv's default index, as pip's
 
 
 def test_venv_differences():
@@ -161,6 +199,8 @@ def test_synapse_lock_makes_the_shipped_lock_again(tmp_path, capsys):
     made = (tmp_path / name).read_text()
     assert locks.pins(made) == locks.pins(locks.shipped(SYNAPSE_VERSION, python))
     assert made.splitlines()[:3] == locks.header(SYNAPSE_VERSION, python).splitlines()
+    assert locks.pins((tmp_path / locks.uv_lock_name()).read_text()) == {"uv": locks.UV_VERSION}  # uv's own too
+    assert (tmp_path / locks.uv_lock_name()).read_text() == locks.uv_lock()
     assert f"{tmp_path / name}: " in capsys.readouterr().out
 
 

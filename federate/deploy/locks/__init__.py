@@ -2,8 +2,9 @@
 and Python (`synapse-<version>-py<python>.txt` in this folder, package data).
 
 A host's venv is installed from the lock of its `synapse_version` for its Debian's python3
-(`pip install --require-hashes --no-deps --only-binary :all: -r LOCK`), so two hosts deployed a
-month apart run the same code, and a file that differs from the one locked is refused by pip.
+(`uv pip install --require-hashes --no-deps --only-binary :all: -r LOCK`), so two hosts deployed a
+month apart run the same code, and a file that differs from the one locked is refused. uv itself
+comes pinned and hashed too, from `uv-<UV_VERSION>.txt` (installed by the venv's pip).
 `federate synapse-lock VERSION` makes the locks for a new version with uv, from the package index
 the controller's pip uses (read at run time; no index is written into a lock).
 """
@@ -28,13 +29,25 @@ LOCK_DIR = Path(__file__).parent
 # unhashed build tools).
 LOCKED_INSTALL = "--require-hashes --no-deps --only-binary :all:"
 PLATFORM = "linux"  # uv's name for x86_64 Linux; every file of each pinned version is hashed, so arm64 matches too
-
-
+UV_VERSION = "0.13.9"  # the uv that installs the venv on the hosts (its lock: uv_lock_name())
 
 
 def lock_name(version: str, python: str, redis: bool = False) -> str:
     """synapse-<version>-py<python>.txt, or with Redis (workers) synapse-<version>-redis-py<python>.txt."""
     return f"synapse-{version}{'-redis' * redis}-py{python}.txt"
+
+
+def uv_lock_name(version: str = UV_VERSION) -> str:
+    return f"uv-{version}.txt"
+
+
+def uv_lock(directory: Path = LOCK_DIR) -> str:
+    """The text of uv's own lock (every wheel of UV_VERSION, hashed); FileNotFoundError names the
+    command that makes it."""
+    path = directory / uv_lock_name()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: uv's lock is missing; make it with federate synapse-lock VERSION")
+    return path.read_text()
 
 
 def requirements(version: str, redis: bool = False) -> list[str]:
@@ -141,13 +154,44 @@ def _index_options() -> list[str]:
 def header(version: str, python: str, redis: bool = False) -> str:
     what = " with its Redis client (workers)" if redis else ""
     return (f"# matrix-synapse {version}{what} and every package it needs, for CPython {python} on Linux: each pinned,\n"
-            f"# each file hashed. federate installs it with pip install {LOCKED_INSTALL} -r <this file>.\n"
+            f"# each file hashed. federate installs it with uv pip install {LOCKED_INSTALL} -r <this file>.\n"
             f"# Made (again) by: {regenerate_command(version, python)}\n")
+
+
+def uv_header(version: str = UV_VERSION) -> str:
+    return (f"# uv {version}, which installs Synapse's venv on the hosts: every wheel of it hashed.\n"
+            f"# federate installs it with pip install {LOCKED_INSTALL} --target <dir> -r <this file>.\n"
+            "# Made (again), when UV_VERSION in federate/deploy/locks changes, by: federate synapse-lock VERSION\n")
 
 
 # uv trusts the platform's certificate store, as pip does: an HTTPS proxy that re-signs (a lab's, many
 # companies') is then trusted too. Both names of the switch: newer uv reads the first, older the second.
 UV_ENV = {"UV_NO_PROGRESS": "1", "UV_SYSTEM_CERTS": "1", "UV_NATIVE_TLS": "1"}
+
+
+def _compile(wanted: list[str], python: str, target: Path, start_from: Path | None, what: str) -> str:
+    """uv pip compile of `wanted` for `python` on Linux, each file hashed; the versions already in
+    `start_from` (a lock) are preferred where they still fit. The lock's text, without a header."""
+    with tempfile.TemporaryDirectory() as work:
+        output = Path(work) / target.name
+        if start_from is not None and start_from.exists():
+            shutil.copyfile(start_from, output)  # uv prefers the versions there
+        command = [_uv(), "pip", "compile", "-", "--output-file", str(output), "--quiet", "--no-config",
+                   "--generate-hashes", "--no-header", "--only-binary", ":all:",
+                   "--python-version", python, "--python-platform", PLATFORM, *_index_options()]
+        result = subprocess.run(command, input="\n".join(wanted) + "\n", text=True,
+                                capture_output=True, timeout=600, env={**os.environ, **UV_ENV})
+        if result.returncode != 0:
+            raise RuntimeError(f"uv could not lock {what} for Python {python}:\n{result.stderr.strip()[-3000:]}")
+        return output.read_text()
+
+
+def _write(target: Path, text: str) -> Path:
+    pins(text)  # pinned and hashed, no URL, or no file
+    partial = target.with_name(f".{target.name}.tmp")
+    partial.write_text(text)
+    partial.replace(target)
+    return target
 
 
 def make_lock(version: str, python: str, out_dir: Path = LOCK_DIR, redis: bool = False) -> Path:
@@ -157,21 +201,14 @@ def make_lock(version: str, python: str, out_dir: Path = LOCK_DIR, redis: bool =
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / lock_name(version, python, redis)
     plain = out_dir / lock_name(version, python)
-    with tempfile.TemporaryDirectory() as work:
-        output = Path(work) / target.name
-        if target.exists() or (redis and plain.exists()):
-            shutil.copyfile(target if target.exists() else plain, output)  # uv prefers the versions there
-        command = [_uv(), "pip", "compile", "-", "--output-file", str(output), "--quiet", "--no-config",
-                   "--generate-hashes", "--no-header", "--only-binary", ":all:",
-                   "--python-version", python, "--python-platform", PLATFORM, *_index_options()]
-        result = subprocess.run(command, input="\n".join(requirements(version, redis)) + "\n", text=True,
-                                capture_output=True, timeout=600, env={**os.environ, **UV_ENV})
-        if result.returncode != 0:
-            raise RuntimeError(f"uv could not lock matrix-synapse {version} for Python {python}:\n"
-                               f"{result.stderr.strip()[-3000:]}")
-        text = header(version, python, redis) + output.read_text()
-    pins(text)  # pinned and hashed, no URL, or no file
-    partial = target.with_name(f".{target.name}.tmp")
-    partial.write_text(text)
-    partial.replace(target)
-    return target
+    text = _compile(requirements(version, redis), python, target,
+                    target if target.exists() or not redis else plain, f"matrix-synapse {version}")
+    return _write(target, header(version, python, redis) + text)
+
+
+def make_uv_lock(out_dir: Path = LOCK_DIR) -> Path:
+    """uv's own lock: uv==UV_VERSION with every wheel's hash (one binary for any Python 3)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / uv_lock_name()
+    text = _compile([f"uv=={UV_VERSION}"], "3.11", target, None, f"uv {UV_VERSION}")
+    return _write(target, uv_header() + text)
