@@ -87,10 +87,13 @@ def install_uv(uv_dir: str, version: str, lock: str) -> str:
 
 
 def main(uv_dir: str, version: str, lock: str, *install: str) -> None:
-    listing = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
-                             text=True, check=True).stdout
-    env, arguments = uv_environment(pip_settings(listing))
+    # pip's settings read while uv is installed (each pip start takes a second of CPU)
+    config = subprocess.Popen([sys.executable, "-m", "pip", "config", "list"], stdout=subprocess.PIPE, text=True)
     uv = install_uv(uv_dir, version, lock)
+    listing = config.communicate()[0]
+    if config.returncode != 0:
+        raise SystemExit(f"pip config list failed ({config.returncode})")
+    env, arguments = uv_environment(pip_settings(listing))
     # uv's cache for this run on disk (/tmp may be memory), where it can usually hard-link into the venv
     os.execve(uv, [uv, "pip", "install", *arguments, *install], {**os.environ, "TMPDIR": "/var/tmp", **env})
 
