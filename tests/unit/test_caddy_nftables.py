@@ -100,11 +100,6 @@ def test_caddy_needs_no_certbot():
     assert {"caddy", "nftables"} <= set(system.wanted_packages(s, proxy_for(s, BOOKWORM)))
 
 
-def test_only_a_host_without_a_proxy_package_gets_dpkg_without_fsync():
-    assert system.fresh_host({"curl": ["8.0"], "python3": ["3.11.2"]})
-    assert not system.fresh_host({"caddy": ["2.6.2"]}) and not system.fresh_host({"nginx": ["1.22"]})
-
-
 def test_nftables_policy_allows_only_ssh_and_web_ports():
     conf = nftables.render_nftables_conf(2222, rate_limit=False)  # the limit: tests/unit/test_ssh_limit_rules.py
     assert "\nflush ruleset" not in conf  # only the federate table is replaced
