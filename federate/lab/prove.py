@@ -16,9 +16,11 @@ from pathlib import Path
 from nio import ErrorResponse
 
 from federate.checker.http import https_get, verify_server_keys
+from federate.deploy import paths
 from federate.deploy.users import controller_password
 from federate.inventory import load_settings
 from federate.lab.clients import Account, attempts_from_outside, room_across_servers
+from federate.lab.hosts import ssh
 from federate.settings import Homeserver, HostSettings
 
 
@@ -152,6 +154,42 @@ def internal_policy_checks(all_settings, dns: str, ca_file: str) -> list[Check]:
     return checks
 
 
+INBOUND = "PUT /_matrix/federation/v1/send/"
+OUTBOUND = "/_matrix/federation/v1/send/"  # in the sender's log as "PUT matrix-federation://<peer>/..."
+
+
+def journal(lab: dict, host: str, units: list[str]) -> str:
+    """The journal of `units` on a lab host, messages only."""
+    spec = lab["hosts"][host]
+    command = "journalctl -q --no-pager -o cat " + " ".join(f"-u {unit}" for unit in units)
+    result = ssh(spec["address"], Path(lab["ssh_key"]), Path(lab["known_hosts"]), command)
+    _expect(result.returncode == 0, f"journalctl on {host} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def worker_checks(all_settings, lab: dict) -> list[Check]:
+    """A homeserver with workers: inbound federation transactions reached its federation readers and
+    outbound ones left from its federation senders, none through the main process (read from the
+    journals, after the room check has sent both ways)."""
+    checks = []
+    for settings in all_settings.values():
+        for hs in (hs for hs in settings.homeservers if hs.workers.enabled):
+            def served(hs=hs, host=settings.host):
+                main = journal(lab, host, [paths.unit(hs.server_name)])
+                readers = journal(lab, host, [paths.worker_unit(hs.server_name, w) for w, _ in hs.workers.readers])
+                senders = journal(lab, host, [paths.worker_unit(hs.server_name, w) for w in hs.workers.senders])
+                _expect(INBOUND in readers, "no inbound transaction in the federation readers' logs")
+                _expect(INBOUND not in main, "the main process served an inbound transaction")
+                _expect("matrix-federation://" in senders and OUTBOUND in senders,
+                        "no outbound transaction in the federation senders' logs")
+                _expect(not any("matrix-federation://" in line and OUTBOUND in line for line in main.splitlines()),
+                        "the main process sent a transaction")
+                return (f"inbound /send/ served by {', '.join(w for w, _ in hs.workers.readers)}; outbound sent by "
+                        f"{', '.join(hs.workers.senders)}; none by the main process")
+            checks.append(_check(f"{hs.server_name}: federation through its workers", served))
+    return checks
+
+
 def _room_detail(a: Account, b: Account, dns: str, ca_file: str, messages: int = 1) -> str:
     result = asyncio.run(room_across_servers(a, b, dns, ca_file, messages=messages))
     return (f"{a.user_id} and {b.user_id} joined {result.room_id}; {len(result.latencies)} messages, "
@@ -171,7 +209,7 @@ def prove(lab: dict, messages: int = 1) -> list[Check]:
             if hs.profile == "external":
                 checks += well_known_checks(hs, dns, ca_file) + federation_checks(hs, dns, ca_file)
     room = federation_room_check(all_settings, dns, ca_file, messages)
-    return checks + [room] + internal_policy_checks(all_settings, dns, ca_file)
+    return checks + [room] + worker_checks(all_settings, lab) + internal_policy_checks(all_settings, dns, ca_file)
 
 
 def prove_command(args) -> int:

@@ -22,10 +22,11 @@ DEFAULT_TOPOLOGY = {
             {"server_name": "internal.alpha.test", "profile": "internal",
              "federation_whitelist": ["alpha.test"], "users": [{"localpart": "carol"}]},
         ]},
-        # a mixed lab: federation is proven across Debian 12 and Debian 13 hosts
+        # a mixed lab: federation is proven across Debian 12 and Debian 13 hosts, and between a
+        # homeserver with workers (beta.test: a federation sender, two federation readers) and ones without
         "hs2": {"release": "trixie",
                 "homeservers": [{"server_name": "beta.test", "profile": "external",
-                                 "users": [{"localpart": "bob"}]}]},
+                                 "users": [{"localpart": "bob"}], "workers": {"preset": "federation"}}]},
     },
 }
 

@@ -24,9 +24,11 @@ def test_remote_checks_pass(deployed):
     checks = prove.prove(deployed.info)
     failed = [c.line() for c in checks if not c.ok]
     assert not failed, "\n".join(failed)
-    # 2 well-known + version + keys for each external server, the room across hosts, and the
-    # internal server's policy: a room with its partner, and an invite, profile lookup and join refused
-    assert len(checks) == 4 * 2 + 1 + 4
+    # 2 well-known + version + keys for each external server, the room across hosts, beta.test's
+    # federation through its workers, and the internal server's policy: a room with its partner, and
+    # an invite, profile lookup and join refused
+    assert len(checks) == 4 * 2 + 1 + 1 + 4
+    assert any(c.name == "beta.test: federation through its workers" for c in checks)
 
 
 def test_well_known_is_never_a_redirect_and_admin_api_is_closed(deployed):
