@@ -21,6 +21,7 @@ from cryptography import x509
 
 from federate.lab import Lab, pki
 from federate.checker.http import https_get
+from federate.inventory import load_settings
 from federate.lab.runner import REPO_ROOT, assert_converged, json_document, run_deploy, run_deployed, write_inventory
 
 
@@ -32,6 +33,10 @@ class LabSession:
     @property
     def inventory(self) -> str:
         return self.info["inventory"]
+
+    def runs_workers(self, host: str) -> bool:
+        """Whether a homeserver of `host` runs Synapse workers (its venv then holds the lock with Redis)."""
+        return any(hs.workers.enabled for hs in load_settings(self.inventory)[host].homeservers)
 
     def address(self, host: str) -> str:
         return self.info["hosts"][host]["address"]

@@ -83,7 +83,7 @@ def venv_packages(deployed, host: str) -> dict[str, str]:
 def test_the_venv_holds_exactly_the_lock_of_its_python(deployed, host, release):
     """Both releases' venvs: every package at the version the shipped lock pins, nothing else, and
     the lock itself on the host beside the venv (README, 'Pinned dependencies')."""
-    lock = locks.shipped(SYNAPSE_VERSION, release.python)
+    lock = locks.shipped(SYNAPSE_VERSION, release.python, redis=deployed.runs_workers(host))
     assert deployed.ssh(host, "/opt/matrix-synapse/venv/bin/python -V").stdout.startswith(f"Python {release.python}.")
     assert deployed.ssh(host, "cat /opt/matrix-synapse/requirements.txt").stdout == lock
     assert venv_packages(deployed, host) == locks.pins(lock)
@@ -109,7 +109,8 @@ def test_a_version_without_a_lock_warns_and_its_lock_is_installed_again(deployed
             assert "has no lock" not in result.stderr
         assert venv_packages(deployed, "hs2")["matrix-synapse"] == version
         assert_converged(inventory)
-    assert venv_packages(deployed, "hs2") == locks.pins(locks.shipped(SYNAPSE_VERSION, TRIXIE.python))
+    assert venv_packages(deployed, "hs2") == locks.pins(locks.shipped(SYNAPSE_VERSION, TRIXIE.python,
+                                                                      redis=deployed.runs_workers("hs2")))
 
 
 def test_signing_key_survives_a_rerun(deployed):
