@@ -67,6 +67,12 @@ def test_pins_of_a_lock_and_of_the_plain_pins():
     plain = locks.unlocked("1.200.0")
     assert locks.pins(plain, require_hashes=False) == {"matrix-synapse": "1.200.0", "psycopg2-binary": "2.9.13"}
     assert "federate synapse-lock 1.200.0" in plain
+    # a homeserver with workers and no lock: Synapse's redis extra in the plain pins, never in a lock
+    with_redis = locks.unlocked("1.200.0", redis=True)
+    assert "matrix-synapse[redis]==1.200.0" in with_redis
+    assert locks.pins(with_redis, require_hashes=False) == {"matrix-synapse": "1.200.0", "psycopg2-binary": "2.9.13"}
+    with pytest.raises(ValueError, match="extras"):
+        locks.pins("matrix-synapse[redis]==1.200.0 --hash=sha256:aa\n")
 
 
 class NamedHost(FakeHost):

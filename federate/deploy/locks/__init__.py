@@ -116,7 +116,8 @@ def _pins(text: str, require_hashes: bool) -> dict[str, str]:
             raise ValueError(f"{requirement.name}: not pinned with == ({spec!r})")
         if require_hashes and not hashes:
             raise ValueError(f"{requirement.name}: no --hash=sha256:")
-        if requirement.marker is not None or requirement.url or requirement.extras:
+        # Only the top-level pins used without a lock name an extra (Synapse's `redis`, for workers).
+        if requirement.marker is not None or requirement.url or (requirement.extras and require_hashes):
             raise ValueError(f"{requirement.name}: markers, URLs and extras have no place in a lock ({spec!r})")
         found[canonicalize_name(requirement.name)] = specifiers[0].version
     if not found:
