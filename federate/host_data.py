@@ -151,7 +151,7 @@ class WorkersData(_Section):
     stream_writers: StreamWritersData = Field(StreamWritersData(), description="writers per stream, e.g. "
                                               "{'typing': 1, 'receipts': 2}")
     first_port: Optional[int] = Field(None, description="the listeners of the workers the proxy routes to, on "
-                                      "127.0.0.1: this port and the next ones (default: the homeserver's port + 1000)")
+                                      "127.0.0.1: this port and the next ones (default: 9008 for the homeserver on 8008, 9108 for 8009, ...: a block of 100 each)")
     metrics_first_port: Optional[int] = Field(None, description="with metrics on, the federation senders' metrics "
                                               "listeners on 127.0.0.1: this port and the next ones (default: the "
                                               "first free ports after the homeserver's metrics port)")

@@ -118,7 +118,8 @@ SINGLE_WRITER_STREAMS = ("typing", "to_device", "account_data", "presence")
 FULL_PRESET = {**FEDERATION_PRESET, "client_readers": 2, "media_repositories": 1, "pushers": 1,
                "background_workers": 1, **{f"stream_writers.{stream}": 1 for stream in STREAMS}}
 MAX_WORKERS = 16
-WORKER_PORT_OFFSET = 1000  # default first_port: the homeserver's port + this
+WORKER_PORT_OFFSET = 1000  # default first_port of the homeserver on 8008: 9008
+WORKER_PORT_BLOCK = 100  # each next homeserver port's workers a block further: 8009 -> 9108 (at most 53 listeners)
 
 
 @dataclass(frozen=True)
@@ -426,7 +427,7 @@ def _workers(host: str, path: str, raw: HomeserverData, port: int, database: str
     if database != "postgres":
         _fail(host, f"{path}.preset", f"workers share the homeserver's database, which SQLite cannot do: "
               f"use database: postgres (this host's database is {database})")
-    first_port = given.first_port if given.first_port is not None else port + WORKER_PORT_OFFSET
+    first_port = given.first_port if given.first_port is not None else default_first_port(port)
     workers = Workers(given.preset, first_port=first_port,
                       stream_writers=tuple((stream, counts[f"stream_writers.{stream}"]) for stream in STREAMS
                                            if counts[f"stream_writers.{stream}"]),
@@ -435,6 +436,15 @@ def _workers(host: str, path: str, raw: HomeserverData, port: int, database: str
     if listeners and not 1024 <= first_port <= 65535 - listeners + 1:
         _fail(host, f"{path}.first_port", f"its {listeners} listeners must fit in 1024-65535, got {first_port}")
     return workers
+
+
+def default_first_port(port: int) -> int:
+    """The workers' first listener when none is set: 9008 for the homeserver on 8008, 9108 for 8009, ...
+    so two homeservers with workers on one host never share ports (port + 1000 outside 8008-8057)."""
+    block = port - FIRST_SYNAPSE_PORT
+    if 0 <= block < 50:
+        return FIRST_SYNAPSE_PORT + WORKER_PORT_OFFSET + block * WORKER_PORT_BLOCK
+    return port + WORKER_PORT_OFFSET
 
 
 def _worker_ports(host: str, homeservers: list[Homeserver], ssh_port: int):

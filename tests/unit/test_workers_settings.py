@@ -99,6 +99,15 @@ def test_worker_ports_may_not_collide_with_another_homeserver():
     assert "alpha.test" in message
 
 
+def test_two_homeservers_with_workers_on_one_host_get_ports_apart_by_default():
+    settings = host_settings("h1", data(homeservers=[
+        {"server_name": "alpha.test", "workers": {"preset": "full"}},
+        {"server_name": "internal.alpha.test", "profile": "internal", "federation_whitelist": ["alpha.test"],
+         "workers": {"preset": "federation"}}]))
+    first, second = (set(hs.workers.ports) for hs in settings.homeservers)
+    assert min(first) == 9008 and min(second) == 9108 and not first & second
+
+
 def test_escape_hatch_cannot_set_worker_keys():
     for key in ("redis", "instance_map", "federation_sender_instances", "worker_replication_secret"):
         assert key in MANAGED_SYNAPSE_KEYS
