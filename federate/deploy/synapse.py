@@ -165,7 +165,8 @@ def install_synapse(settings: HostSettings, release: Release):
     file_attributes(name=f"{REQUIREMENTS} owner and mode", path=REQUIREMENTS, user="root", group="root", mode="644")
     venv = venv_matches(name=f"matrix-synapse {settings.synapse_version} in {paths.VENV}", venv=paths.VENV,
                         requirements=REQUIREMENTS, wanted=locks.pins(requirements, require_hashes=locked),
-                        locked=locked, owes=restarts)
+                        locked=locked, owes=[*restarts, *(workers.restart_marker(hs) for hs in settings.homeservers
+                                                          if hs.workers.enabled)])
     unit = config_file(name="Templated systemd unit", dest=paths.UNIT_TEMPLATE,
                        content=render("matrix-synapse@.service.j2", paths=paths), owes=[daemon_reload, *restarts])
     declared.directory(name="Unit drop-in dir", path=paths.UNIT_DROPIN_DIR, user="root", group="root", mode="755")
@@ -189,7 +190,7 @@ def install_synapse(settings: HostSettings, release: Release):
     settled(name="Unit reload done", marker=daemon_reload)
     on_host = host.get_fact(workers.WorkerFiles)
     for hs in host.loop(settings.homeservers):
-        _homeserver(settings, hs, changed_before=[removed, venv, unit, sandbox, identities[hs.server_name]],
+        _homeserver(settings, hs, code=[removed, venv], unit=[unit, sandbox, identities[hs.server_name]],
                     worker_units=(templates, *worker_units.get(hs.server_name, ([], []))),
                     on_host=on_host.get(hs.server_name, set()))
     # Every homeserver has moved to its own user and restarted as it: the shared one goes.
@@ -208,8 +209,10 @@ def _own_user(hs: Homeserver, daemon_reload: str):
                        owes=[daemon_reload, restart_marker(hs)])
 
 
-def _homeserver(settings: HostSettings, hs: Homeserver, changed_before: list, worker_units: tuple = ([], [], []),
+def _homeserver(settings: HostSettings, hs: Homeserver, code: list, unit: list, worker_units: tuple = ([], [], []),
                 on_host: set = frozenset()):
+    """One homeserver; `code` (the venv's operations) restarts it and its workers when changed, `unit`
+    (its systemd unit files) only its main process."""
     name, user = hs.server_name, hs.os_user
     declared.directory(name=f"{name}: config dir", path=paths.conf_dir(name),
                        user=user, group=user, mode="700")
@@ -247,12 +250,13 @@ def _homeserver(settings: HostSettings, hs: Homeserver, changed_before: list, wo
     file_attributes(name=f"{name}: homeserver.yaml owner and mode", path=paths.homeserver_yaml(name),
                     user=user, group=user, mode="600")
     declared.service(name=f"{name}: restart on change", service=paths.unit(name), running=True,
-                     restarted=True, _if=changed_or_owed([config, key, secret, *changed_before], restart))
+                     restarted=True, _if=changed_or_owed([config, key, secret, *code, *unit], restart))
     declared.service(name=f"{name}: running and enabled", service=paths.unit(name),
                      running=True, enabled=True)
     settled(name=f"{name}: restart done", marker=restart)
     if hs.workers.enabled:  # after the main process: they reach it on its replication socket
-        workers.running(hs, [config, key, secret, *changed_before, *templates, *worker_dropins, *worker_files])
+        # not for the main process's unit files: the workers have their own
+        workers.running(hs, [config, key, secret, *code, *templates, *worker_dropins, *worker_files])
     local_url = f"http://127.0.0.1:{hs.port}"
     for user_entry in host.loop(hs.users):
         matrix_user(
