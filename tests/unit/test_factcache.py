@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
+import shutil
 import subprocess
 
 import pytest
@@ -104,19 +106,39 @@ def test_global_arguments_are_worked_out_once_and_the_same():
     assert planning.all_global_arguments() is not planning.all_global_arguments()  # callers may change theirs
 
 
-def test_users_read_together_are_what_pyinfras_own_fact_says(local):
+# Users with supplementary groups, one without a password hash, whatever the machine has (a fresh
+# Debian controller has no user in a supplementary group).
+ACCOUNTS = {
+    "passwd": "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\n"
+              "bob:x:1001:1001::/home/bob:/usr/sbin/nologin\n",
+    "group": "root:x:0:\naudio:x:29:bob\nstaff:x:50:alice,bob\nalice:x:1000:\nbob:x:1001:\n",
+    "shadow": "root:*:19000:0:99999:7:::\nalice:$y$j9T$x:19000:0:99999:7:::\n",
+}
+
+
+def test_users_read_together_are_what_pyinfras_own_fact_says(local, tmp_path):
     """The cheaper Users command prints pyinfra's lines, byte for byte, on this machine's users and
     groups (supplementary groups, users without a password hash, system users)."""
     from pyinfra.facts.server import Users
 
     from federate.pyinfra_ext.facts import USERS_COMMAND
 
-    def run(command):
+    def run(command, etc=None):
+        if etc:  # the known users below in place of this machine's, in a mount namespace of its own
+            command = "".join(f"mount --bind {etc}/{name} /etc/{name} && " for name in ACCOUNTS) + command
+            return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
+                                  capture_output=True, text=True, check=True).stdout
         return subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout
 
-    assert run(USERS_COMMAND) == run(Users().command())
-    assert any("|" in line and line.split("|")[2].count(" ") for line in run(USERS_COMMAND).splitlines()), \
-        "no user with a supplementary group here: the comparison proves less"
+    assert run(USERS_COMMAND) == run(Users().command())  # this machine's users and groups
+    if os.geteuid() == 0 and shutil.which("unshare"):
+        for name, text in ACCOUNTS.items():
+            (tmp_path / name).write_text(text)
+        ours = run(USERS_COMMAND, tmp_path)
+        assert ours == run(Users().command(), tmp_path)
+        fields = {line.split(":")[0]: line.split("|")[1:] for line in ours.splitlines()}
+        assert fields["bob"][:2] == ["bob", "bob audio staff"] and fields["bob"][3] == ""  # no password hash
+        assert fields["alice"][:2] == ["alice", "alice staff"] and fields["alice"][3] == "$y$j9T$x"
     read_together([(Users, {})])
     cached = host.get_fact(Users)
     factcache._known.clear()
