@@ -160,7 +160,9 @@ def test_the_limit_goes_live_without_closing_ssh(limit_lab):
         result = run_deploy(limit_lab.inventory, "-vvv")
     assert result.returncode == 0, f"{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
     for host, results in prober.results.items():
-        assert len(results) >= 10 and set(results) == {"ok"}, (host, results)
+        # more new connections than an untrusted source gets, all let in (a no-op deploy now takes seconds,
+        # so the count of probes during it is not fixed)
+        assert len(results) > LIMIT and set(results) == {"ok"}, (host, results)
     log = result.stdout + result.stderr  # -vvv: each command and its output
     ufw_lines = "\n".join(line for line in log.splitlines() if "ufw" in line or "Rule" in line)
     assert re.search(r"\[hs1\] >>> .*ufw limit 22/tcp", log) and "[hs1] Rule updated" in log, ufw_lines
