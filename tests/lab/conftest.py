@@ -34,6 +34,23 @@ class LabSession:
     def inventory(self) -> str:
         return self.info["inventory"]
 
+    def journal(self, host: str, unit_pattern: str) -> str:
+        """The messages of the units matching `unit_pattern` (a systemd glob) on `host`."""
+        return self.ssh(host, f"journalctl -q --no-pager -o cat -u '{unit_pattern}'", check=False).stdout
+
+    def assert_restarted_after_kill(self, host: str, unit: str, seconds: float = 90) -> None:
+        """SIGKILL to `unit`'s main process; systemd must bring it back with a new one within `seconds`."""
+        before = self.ssh(host, f"systemctl show -p MainPID --value {unit}").stdout.strip()
+        self.ssh(host, f"systemctl kill -s KILL {unit}")
+        deadline, state = time.monotonic() + seconds, []
+        while time.monotonic() < deadline:
+            state = self.ssh(host, f"systemctl is-active {unit}; systemctl show -p MainPID --value {unit}",
+                             check=False).stdout.split()
+            if state[0] == "active" and state[-1] not in (before, "0"):
+                return
+            time.sleep(2)
+        raise AssertionError(f"{unit} was not restarted: {state}")
+
     def runs_workers(self, host: str) -> bool:
         """Whether a homeserver of `host` runs Synapse workers (its venv then holds the lock with Redis)."""
         return any(hs.workers.enabled for hs in load_settings(self.inventory)[host].homeservers)

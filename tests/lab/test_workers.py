@@ -61,10 +61,6 @@ def workers_lab():
         print("\nworkers lab timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in session.timings.items()))
 
 
-def journal(lab: LabSession, unit_pattern: str) -> str:
-    return lab.ssh("hs1", f"journalctl -q --no-pager -o cat -u '{unit_pattern}'", check=False).stdout
-
-
 def test_federates_both_ways_through_the_workers(workers_lab):
     info = workers_lab.info
     accounts = prove.accounts(prove.load_settings(workers_lab.inventory))
@@ -74,12 +70,12 @@ def test_federates_both_ways_through_the_workers(workers_lab):
     workers_lab.timings["room_and_3_exchanges"] = time.monotonic() - start
     workers_lab.timings["median_latency_with_workers"] = sorted(result.latencies)[len(result.latencies) // 2]
     info["room"] = result.room_id
-    inbound = journal(workers_lab, f"matrix-synapse-worker@{NAME}-federation_reader*")
+    inbound = workers_lab.journal("hs1", f"matrix-synapse-worker@{NAME}-federation_reader*")
     assert "PUT /_matrix/federation/v1/send/" in inbound  # beta's transactions reached the readers
-    assert "PUT /_matrix/federation/v1/send/" not in journal(workers_lab, MAIN)
+    assert "PUT /_matrix/federation/v1/send/" not in workers_lab.journal("hs1", MAIN)
     outbound = "PUT matrix-federation://beta.test/_matrix/federation/v1/send/"
-    assert outbound in journal(workers_lab, unit(SENDER))  # alpha's transactions left from the sender
-    assert outbound not in journal(workers_lab, MAIN)
+    assert outbound in workers_lab.journal("hs1", unit(SENDER))  # alpha's transactions left from the sender
+    assert outbound not in workers_lab.journal("hs1", MAIN)
 
 
 def test_units_user_and_sandbox(workers_lab):
@@ -126,18 +122,7 @@ def test_redis_admits_only_its_homeserver_on_its_channels(workers_lab):
 
 
 def test_a_killed_worker_is_restarted(workers_lab):
-    reader = unit(READERS[0])
-    before = workers_lab.ssh("hs1", f"systemctl show -p MainPID --value {reader}").stdout.strip()
-    workers_lab.ssh("hs1", f"systemctl kill -s KILL {reader}")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        state = workers_lab.ssh("hs1", f"systemctl is-active {reader}; systemctl show -p MainPID --value {reader}",
-                                check=False).stdout.split()
-        if state[0] == "active" and state[-1] not in (before, "0"):
-            break
-        time.sleep(2)
-    else:
-        raise AssertionError(f"{reader} was not restarted: {state}")
+    workers_lab.assert_restarted_after_kill("hs1", unit(READERS[0]), seconds=60)
 
 
 def test_second_run_changes_nothing(workers_lab):

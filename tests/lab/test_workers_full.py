@@ -61,10 +61,6 @@ def full_lab():
         print("\nfull workers lab timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in session.timings.items()))
 
 
-def journal(lab: LabSession, unit_pattern: str) -> str:
-    return lab.ssh("hs1", f"journalctl -q --no-pager -o cat -u '{unit_pattern}'", check=False).stdout
-
-
 def served_by(lab: LabSession, request: str) -> list[str]:
     """The processes of alpha.test whose journal shows `request` (e.g. 'PUT /_matrix/...'): one command."""
     names = ("main", *FULL)
@@ -101,12 +97,12 @@ def test_federates_both_ways_through_the_workers(full_lab):
                                              messages=3))
     full_lab.timings["room_and_3_exchanges"] = time.monotonic() - start
     info["room"] = result.room_id
-    inbound = journal(full_lab, f"matrix-synapse-worker@{NAME}-federation_reader*")
+    inbound = full_lab.journal("hs1", f"matrix-synapse-worker@{NAME}-federation_reader*")
     assert "PUT /_matrix/federation/v1/send/" in inbound  # beta's transactions reached the readers
-    assert "PUT /_matrix/federation/v1/send/" not in journal(full_lab, MAIN)
+    assert "PUT /_matrix/federation/v1/send/" not in full_lab.journal("hs1", MAIN)
     outbound = "PUT matrix-federation://beta.test/_matrix/federation/v1/send/"
-    assert outbound in journal(full_lab, unit("federation_sender1"))
-    assert outbound not in journal(full_lab, MAIN)
+    assert outbound in full_lab.journal("hs1", unit("federation_sender1"))
+    assert outbound not in full_lab.journal("hs1", MAIN)
 
 
 def test_client_requests_are_served_by_the_client_readers(full_lab):
@@ -204,18 +200,7 @@ def test_every_worker_runs_as_the_homeserver_in_its_sandbox(full_lab):
 
 
 def test_a_killed_worker_is_restarted(full_lab):
-    writer = unit("typing_writer1")
-    before = full_lab.ssh("hs1", f"systemctl show -p MainPID --value {writer}").stdout.strip()
-    full_lab.ssh("hs1", f"systemctl kill -s KILL {writer}")
-    deadline, state = time.monotonic() + 90, []
-    while time.monotonic() < deadline:
-        state = full_lab.ssh("hs1", f"systemctl is-active {writer}; systemctl show -p MainPID --value {writer}",
-                             check=False).stdout.split()
-        if state[0] == "active" and state[-1] not in (before, "0"):
-            break
-        time.sleep(2)
-    else:
-        raise AssertionError(f"{writer} was not restarted: {state}")
+    full_lab.assert_restarted_after_kill("hs1", unit("typing_writer1"), seconds=90)
 
 
 def test_second_run_changes_nothing(full_lab):
