@@ -45,6 +45,9 @@ def deploy_homeservers() -> None:
     facts_read(name="Host state read")
     chosen_proxy = proxy.proxy_for(settings, release)
     proxy.retire_other(settings)  # frees 80, 443 and 8448 for the chosen proxy before its package starts it
+    # Synapse's venv, when it is to be made, is made in the background while the packages install
+    system.lists_and_first(settings, chosen_proxy, first=synapse.PACKAGES if settings.homeservers else ())
+    venv_started = synapse.venv_started(settings, release) if settings.homeservers else None
     system.packages(settings, chosen_proxy)
     renewed("the firewall")  # the slow steps (packages, the venv, certificates) each get a fresh lease
     facts_read_here("Host state read: firewall")
@@ -55,6 +58,7 @@ def deploy_homeservers() -> None:
     retired.retire_removed(settings)  # homeservers taken out of the inventory stop before the sites change
     if settings.homeservers:  # a delegation host only publishes well-known files
         renewed("Synapse")
+        synapse.venv_waited(venv_started)
         facts_read_here("Host state read: database, Synapse")
         database.configure(settings, release)
         dumps.before_version_change(settings)  # schema migrations cannot be undone

@@ -29,15 +29,24 @@ def wanted_packages(settings: HostSettings, proxy: Proxy) -> list[str]:
 
 
 @deploy("System packages")
-def packages(settings: HostSettings, proxy: Proxy):
+def lists_and_first(settings: HostSettings, proxy: Proxy, first: tuple[str, ...] = ()):
+    """apt's settings, the package lists refreshed when a package is missing, and `first` (what the
+    work started beside the other packages needs: python3-venv) installed on its own."""
     config_file(name="apt waits for the dpkg lock", dest="/etc/apt/apt.conf.d/50federate-lock-timeout",
                 content=APT_LOCK_TIMEOUT)
     dpkg_consistent(name="Finish an interrupted dpkg run")
-    wanted = wanted_packages(settings, proxy)
     installed = host.get_fact(DebPackages) or {}
     # Refresh the package lists only when something is missing: a converged host changes nothing.
-    if any(name not in installed for name in wanted):
+    if any(name not in installed for name in wanted_packages(settings, proxy)):
         apt.update(name="Refresh package lists")
+    if any(name not in installed for name in first):
+        declared.packages(name="Install " + ", ".join(first) + " first", packages=list(first))
+
+
+@deploy("System packages")
+def packages(settings: HostSettings, proxy: Proxy):
+    """Every package the components declare, in one apt transaction (after lists_and_first)."""
     if redis.wanted(settings):  # before its package would start Debian's own instance on a TCP port
         redis.mask_debian_instance()
+    wanted = wanted_packages(settings, proxy)
     declared.packages(name="Install " + ", ".join(wanted), packages=wanted)

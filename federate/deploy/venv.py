@@ -19,6 +19,14 @@ from federate.pyinfra_ext.owed import owe
 
 # The hash of the venv's file listing when it last passed VenvState's slow checks (root's).
 VENV_CHECKED = "/var/lib/federate/venv-checked"
+# A venv made beside the packages (venv_made_beside) is made by a background job that holds this
+# lock until it ends; every fact about the venv waits for the lock first, so no run (not even the
+# next one, after a cut) reads or changes a venv while it is being made.
+INSTALL_LOCK = "/run/lock/federate-venv-install"
+INSTALL_LOG = "/var/lib/federate/venv-install.log"  # root's, 0600: what the background job printed
+INSTALL_STATUS = "/var/lib/federate/venv-install.status"  # its exit status, once it has ended
+INSTALL_WAIT = 1800  # seconds a run waits for a background install before it goes on regardless
+WAIT_FOR_INSTALL = f"flock -w {INSTALL_WAIT} {INSTALL_LOCK} true 2>/dev/null; "
 
 
 class VenvState(FactBase):
@@ -35,7 +43,7 @@ class VenvState(FactBase):
         listing = (f"{{ find {v} -name __pycache__ -prune -o -printf '%P %s %T@\\n' | sort; "
                    f"stat -L -c '%n %s %Y' {v}/bin/python; }} 2>/dev/null | sha1sum | cut -d' ' -f1")
         # the three checks run side by side: Synapse's import alone takes a second
-        return (f"if [ ! -e {v} ]; then echo absent; exit 0; fi; listing=$({listing}); "
+        return (f"{WAIT_FOR_INSTALL}if [ ! -e {v} ]; then echo absent; exit 0; fi; listing=$({listing}); "
                 f"if [ \"$(cat {stamp} 2>/dev/null)\" = \"$listing\" ]; then echo ok; exit 0; fi; "
                 f"{v}/bin/python -m pip check >/dev/null 2>&1 & check=$!; "
                 f"{v}/bin/python -c 'import synapse.app.homeserver' >/dev/null 2>&1 & imports=$!; "
@@ -56,7 +64,7 @@ class InstalledSynapse(FactBase):
     SCRIPT = "import importlib.metadata as m; print(m.version('matrix-synapse'))"
 
     def command(self, venv: str) -> str:
-        return f"{shlex.quote(venv)}/bin/python -I -c {shlex.quote(self.SCRIPT)} 2>/dev/null || echo none"
+        return f"{WAIT_FOR_INSTALL}{shlex.quote(venv)}/bin/python -I -c {shlex.quote(self.SCRIPT)} 2>/dev/null || echo none"
 
     def process(self, output):
         value = "".join(output).strip()
@@ -89,7 +97,7 @@ class VenvDistributions(FactBase):
     SCRIPT = "import importlib.metadata as m\nfor d in m.distributions(): print(d.metadata['Name'], d.version)"
 
     def command(self, venv: str) -> str:
-        return f"{shlex.quote(venv)}/bin/python -I -c {shlex.quote(self.SCRIPT)} 2>/dev/null || true"
+        return f"{WAIT_FOR_INSTALL}{shlex.quote(venv)}/bin/python -I -c {shlex.quote(self.SCRIPT)} 2>/dev/null || true"
 
     @staticmethod
     def default():
@@ -121,31 +129,77 @@ def venv_differences(wanted: dict[str, str], installed: dict[str, str],
     return wrong, extra
 
 
-@asks(lambda venv, **_: [(VenvState, {"venv": venv}), (VenvDistributions, {"venv": venv})])
-@operation()
-def venv_matches(venv: str, requirements: str, wanted: dict[str, str], locked: bool, owes: list[str] = ()):
-    """The venv (made with Debian's python3 when absent) holds the packages of `requirements`, a
-    file on the host: with a lock (`locked`) exactly its packages, each file checked against its
-    hashes, and packages the lock lacks removed; without one, its top-level pins. uv runs only
-    when a package is missing or at another version, or when pip check or Synapse's import fails
-    (with every version right: all reinstalled), so a converged venv costs two facts. `owes` (the
-    restarts) is written before the venv changes."""
+def _venv_work(venv: str, requirements: str, wanted: dict[str, str], locked: bool) -> list[StringCommand]:
+    """The commands that bring the venv to `requirements` (none when it is there): a missing or
+    broken venv is made anew with Debian's python3; with a lock, exactly its packages, each file
+    checked against its hashes, and packages the lock lacks removed; without one, its top-level
+    pins. uv runs only when a package is missing or at another version, or when pip check or
+    Synapse's import fails (with every version right: all reinstalled)."""
     state = host.get_fact(VenvState, venv=venv)
     installed = host.get_fact(VenvDistributions, venv=venv) if state in ("ok", "inconsistent") else {}
     wrong, extra = venv_differences(wanted, installed, complete=locked)
     if state == "ok" and not wrong and not extra:
-        return
-    yield from owe(owes)
+        return []
     v = shlex.quote(venv)
-    if state not in ("ok", "inconsistent"):  # absent (or broken: venv_usable removes it first)
-        yield StringCommand(f"rm -rf {v} && python3 -m venv {v}")
+    work = []
+    if state not in ("ok", "inconsistent"):  # absent, or broken
+        work.append(StringCommand(f"rm -rf {v} && python3 -m venv {v}"))
     reinstall = state == "inconsistent" and not wrong and not extra  # files of a package broken
     if locked:
-        yield uv_install(venv, requirements, *LOCKED_INSTALL.split(), *["--reinstall"] * reinstall)
+        work.append(uv_install(venv, requirements, *LOCKED_INSTALL.split(), *["--reinstall"] * reinstall))
         if extra:
-            yield StringCommand(f"{v}/bin/python -m pip --disable-pip-version-check uninstall -y " + " ".join(extra))
+            work.append(StringCommand(f"{v}/bin/python -m pip --disable-pip-version-check uninstall -y "
+                                      + " ".join(extra)))
     else:
-        yield uv_install(venv, requirements, *["--reinstall"] * reinstall)
+        work.append(uv_install(venv, requirements, *["--reinstall"] * reinstall))
+    return work
+
+
+VENV_FACTS = lambda venv, **_: [(VenvState, {"venv": venv}), (VenvDistributions, {"venv": venv})]  # noqa: E731
+
+
+@asks(VENV_FACTS)
+@operation()
+def venv_matches(venv: str, requirements: str, wanted: dict[str, str], locked: bool, owes: list[str] = ()):
+    """The venv holds the packages of `requirements`, a file on the host (see _venv_work), so a
+    converged venv costs two facts. `owes` (the restarts) is written before the venv changes."""
+    work = _venv_work(venv, requirements, wanted, locked)
+    if work:
+        yield from owe(owes)
+        yield from work
+
+
+@asks(VENV_FACTS)
+@operation()
+def venv_made_beside(venv: str, requirements: str, wanted: dict[str, str], locked: bool, owes: list[str] = ()):
+    """A venv that does not exist yet (or no longer runs) is made and filled in a background job,
+    so uv's download and bytecode compiling run beside the slow steps that follow (the packages)
+    instead of after them; venv_made_waited waits for the job and reports how it ended, and
+    venv_matches then finds the venv made. A venv that exists is left to venv_matches: it changes
+    only right before the restart that needs it (and after the database dump that precedes a
+    version change). The job holds INSTALL_LOCK until it ends, so a cut run's job is waited for."""
+    if host.get_fact(VenvState, venv=venv) not in ("absent", "broken"):
+        return
+    yield from owe(owes)
+    work = " && ".join(command.get_raw_value() for command in _venv_work(venv, requirements, wanted, locked))
+    job = f"umask 022; {{ {work}; }}; echo $? > {INSTALL_STATUS}"
+    lock_dir = shlex.quote(INSTALL_LOG.rsplit("/", 1)[0])
+    yield StringCommand(
+        f"mkdir -p {lock_dir} && rm -f {INSTALL_STATUS} && (umask 077 && : > {INSTALL_LOG}) && "
+        # the job inherits the lock's descriptor: the lock is held until the job ends
+        f"{{ flock -w {INSTALL_WAIT} 9 && setsid -f sh -c {shlex.quote(job)} < /dev/null >> {INSTALL_LOG} 2>&1; }} "
+        f"9> {INSTALL_LOCK}")
+
+
+@operation()
+def venv_made_waited():
+    """Waits for venv_made_beside's job; fails with the end of what it printed (URLs' passwords
+    masked) when it failed."""
+    status = f"$(cat {INSTALL_STATUS} 2>/dev/null)"
+    yield StringCommand(
+        f"flock -w {INSTALL_WAIT} {INSTALL_LOCK} true; status={status}; if [ \"$status\" != 0 ]; then "
+        f"echo \"making Synapse's venv failed (exit status ${{status:-unknown}}); the end of {INSTALL_LOG}:\" >&2; "
+        f"tail -n 40 {INSTALL_LOG} | sed -E 's#(://)[^/@[:space:]]+@#\\1***@#g' >&2; exit 1; fi")
 
 
 def uv_install(venv: str, requirements: str, *options: str) -> StringCommand:

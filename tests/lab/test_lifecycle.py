@@ -170,6 +170,31 @@ def test_downgrade_the_database_cannot_take_is_refused(solo, tmp_path):
     assert solo.check(f"systemctl is-active matrix-synapse@{SERVER}").strip() == "active"
 
 
+def test_a_venv_made_in_the_background_that_fails_says_why_and_is_made_by_the_next_run(solo, tmp_path):
+    """A missing venv is made by a background job while the packages install; when the job fails,
+    the run stops with the end of its output (the index's password masked), and the next run
+    makes the venv and converges. The failure: root's pip settings name an index that refuses."""
+    inventory = solo.inventory(tmp_path, synapse_version=NEW)
+    pip_conf = "/root/.config/pip/pip.conf"
+    solo.check(f"mkdir -p /root/.config/pip && printf '[global]\\nindex-url = http://federate:sekrit-index@127.0.0.1:9/simple"
+               f"\\nretries = 0\\n' > {pip_conf} && rm -rf /opt/matrix-synapse/venv")
+    try:
+        failed = run_deploy(inventory)
+    finally:
+        solo.check(f"rm -f {pip_conf}")
+    output = failed.stdout + failed.stderr
+    assert failed.returncode != 0
+    assert "making Synapse's venv failed (exit status 1)" in output, output[-4000:]
+    assert "127.0.0.1:9" in output and "sekrit-index" not in output, output[-4000:]
+    assert solo.check("stat -c '%a %U' /var/lib/federate/venv-install.log").strip() == "600 root"
+    result = run_deploy(inventory)
+    assert result.returncode == 0, result.stdout[-4000:]
+    version = solo.check("/opt/matrix-synapse/venv/bin/python -c 'import synapse; print(synapse.__version__)'")
+    assert version.strip() == NEW
+    assert solo.check(f"systemctl is-active matrix-synapse@{SERVER}").strip() == "active"
+    assert_converged(inventory)
+
+
 def test_firewall_keeps_a_non_default_ssh_port_open(solo, tmp_path):
     # The admin moves SSH to 2222 and opens it, as they must before connecting on it.
     solo.check("printf 'Port 22\\nPort 2222\\n' > /etc/ssh/sshd_config.d/federate-test.conf"

@@ -5,6 +5,7 @@ only when the venv differs from it; `federate synapse-lock` makes the same lock 
 from __future__ import annotations
 
 import logging
+import shlex
 import shutil
 
 import pytest
@@ -16,7 +17,8 @@ from federate.deploy import locks, synapse
 from federate.deploy.database import driver_requirements
 from federate.deploy.debian import BOOKWORM, RELEASES, TRIXIE
 from federate.deploy.hostscripts import uv_install as uv_script
-from federate.deploy.venv import VenvDistributions, VenvState, uv_install, venv_differences, venv_matches
+from federate.deploy.venv import (INSTALL_LOCK, INSTALL_STATUS, INSTALL_WAIT, InstalledSynapse, VenvDistributions,
+                                  VenvState, uv_install, venv_differences, venv_made_beside, venv_matches)
 from federate.host_data import SYNAPSE_VERSION
 from test_pyinfra_ext import FakeHost, commands, fact
 
@@ -135,6 +137,34 @@ def test_packages_the_lock_lacks_are_removed():
 
 def test_an_inconsistent_venv_with_the_right_versions_is_reinstalled():
     assert venv_commands("inconsistent", LOCK) == [OWE, uv_install(VENV, REQS, *LOCKED, "--reinstall").get_raw_value()]
+
+
+def beside_commands(state, installed=None):
+    return commands(venv_made_beside, venv_facts(state, installed), venv=VENV, requirements=REQS, wanted=LOCK,
+                    locked=True, owes=[RESTART])
+
+
+def test_a_venv_to_be_made_is_made_in_a_background_job_that_holds_the_install_lock():
+    owed, job = beside_commands("absent")
+    assert owed == OWE  # owed before the job starts
+    words = shlex.split(job)
+    script = words[words.index("-c") + 1]  # the job, as `setsid -f sh -c` runs it
+    assert script.startswith("umask 022; { " + f"rm -rf {VENV} && python3 -m venv {VENV} && {INSTALL}")
+    assert script.endswith(f"; }}; echo $? > {INSTALL_STATUS}")
+    # the lock is taken before the job starts and handed down to it
+    assert job.index(f"flock -w {INSTALL_WAIT} 9") < job.index("setsid -f") and job.endswith(f"9> {INSTALL_LOCK}")
+    assert beside_commands("broken")[1] == job
+
+
+def test_a_venv_that_exists_is_left_to_venv_matches():
+    assert beside_commands("ok") == []
+    assert beside_commands("ok", {**LOCK, "attrs": "25.4.0"}) == []  # changed only right before its restart
+    assert beside_commands("inconsistent", LOCK) == []
+
+
+def test_every_fact_about_the_venv_waits_for_a_background_install():
+    for fact in (VenvState(), VenvDistributions(), InstalledSynapse()):
+        assert fact.command(venv=VENV).startswith(f"flock -w {INSTALL_WAIT} {INSTALL_LOCK} true")
 
 
 def test_without_a_lock_only_the_top_level_pins_count():
