@@ -184,7 +184,7 @@ def test_a_venv_made_in_the_background_that_fails_says_why_and_is_made_by_the_ne
         solo.check(f"rm -f {pip_conf}")
     output = failed.stdout + failed.stderr
     assert failed.returncode != 0
-    assert "making Synapse's venv failed (exit status 1)" in output, output[-4000:]
+    assert re.search(r"making Synapse's venv failed \(exit status [1-9]\d*\)", output), output[-4000:]
     assert "127.0.0.1:9" in output and "sekrit-index" not in output, output[-4000:]
     assert solo.check("stat -c '%a %U' /var/lib/federate/venv-install.log").strip() == "600 root"
     result = run_deploy(inventory)
