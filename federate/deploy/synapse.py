@@ -17,7 +17,7 @@ from federate.deploy.hostscripts import source
 from federate.deploy.templating import render
 from federate.deploy.users import controller_password, matrix_user
 from federate.deploy.venv import (DowngradeVerdict, InstalledSynapse, is_downgrade, venv_made_beside, venv_made_waited,
-                                  venv_matches, venv_usable)
+                                  venv_matches)
 from federate.pyinfra_ext import declared
 from federate.pyinfra_ext.files import config_file, file_attributes, generated_once, tree_owned
 from federate.pyinfra_ext.owed import changed_or_owed, pending_marker, settled
@@ -190,7 +190,6 @@ def install_synapse(settings: HostSettings, release: Release):
         declared.directory(name=f"{root}: root's", path=root, user="root", group="root", mode="755")
     restarts = [restart_marker(hs) for hs in settings.homeservers]
     daemon_reload = pending_marker("systemd-daemon-reload")
-    removed = venv_usable(name="Remove a venv that no longer runs (an interrupted run, a new Python)", venv=paths.VENV)
     venv = venv_matches(name=f"matrix-synapse {settings.synapse_version} in {paths.VENV}",
                         **_venv_wanted(settings, release))
     unit = config_file(name="Templated systemd unit", dest=paths.UNIT_TEMPLATE,
@@ -216,7 +215,7 @@ def install_synapse(settings: HostSettings, release: Release):
     settled(name="Unit reload done", marker=daemon_reload)
     on_host = host.get_fact(workers.WorkerFiles)
     for hs in host.loop(settings.homeservers):
-        _homeserver(settings, hs, code=[removed, venv], unit=[unit, sandbox, identities[hs.server_name]],
+        _homeserver(settings, hs, code=[venv], unit=[unit, sandbox, identities[hs.server_name]],
                     worker_units=(templates, *worker_units.get(hs.server_name, ([], []))),
                     on_host=on_host.get(hs.server_name, set()))
     # Every homeserver has moved to its own user and restarted as it: the shared one goes.

@@ -82,15 +82,6 @@ class DowngradeVerdict(FactBase):
         return "".join(output).strip()
 
 
-@asks(lambda venv, **_: [(VenvState, {"venv": venv})])
-@operation()
-def venv_usable(venv: str):
-    """A venv whose interpreter or pip does not run is removed, so it is created again. (VenvState
-    is read once for this and venv_matches, and is quick while the venv is as last checked.)"""
-    if host.get_fact(VenvState, venv=venv) == "broken":
-        yield StringCommand(f"rm -rf {shlex.quote(venv)}")
-
-
 class VenvDistributions(FactBase):
     """{canonical name: version} of every distribution in a venv; {} when it has none or does not run."""
 
