@@ -105,7 +105,7 @@ def tinyproxy_config(bridge_ip: str, subnet: str, filter_file: Path, pid_file: P
         f"Port {PROXY_PORT}",
         f"Allow {subnet}",
         "Timeout 600",
-        "MaxClients 100",
+        "MaxClients 400",  # 10 hosts (bench/scale.py) installing at once, apt and uv side by side
         "LogLevel Notice",
         f"PidFile \"{pid_file}\"",
         f"Filter \"{filter_file}\"",

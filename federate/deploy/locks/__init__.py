@@ -167,7 +167,9 @@ def uv_header(version: str = UV_VERSION) -> str:
 
 # uv trusts the platform's certificate store, as pip does: an HTTPS proxy that re-signs (a lab's, many
 # companies') is then trusted too. Both names of the switch: newer uv reads the first, older the second.
-UV_ENV = {"UV_NO_PROGRESS": "1", "UV_SYSTEM_CERTS": "1", "UV_NATIVE_TLS": "1"}
+# A few downloads at a time, not uv's 50: hosts deployed together often share one proxy (a lab's
+# or an office's), and 10 hosts' 500 connections at once timed out on the lab's (bench/scale.py).
+UV_ENV = {"UV_NO_PROGRESS": "1", "UV_SYSTEM_CERTS": "1", "UV_NATIVE_TLS": "1", "UV_CONCURRENT_DOWNLOADS": "6"}
 
 
 def _compile(wanted: list[str], python: str, target: Path, start_from: Path | None, what: str) -> str:
