@@ -17,7 +17,7 @@ import subprocess
 import time
 from collections import defaultdict
 
-from federate.lab import Lab, rootfs
+from federate.lab import Lab, hosts, rootfs
 from federate.lab.runner import PYINFRA, REPO_ROOT
 
 VARIANTS = {"default": {}, "caddy": {"proxy": "caddy", "firewall": "nftables"}}
@@ -66,11 +66,8 @@ def timed_run(inventory: str) -> tuple[int, float, list[tuple[str, float]]]:
 def background_venv_seconds(info: dict) -> float | None:
     """How long the venv's background job ran (its log's birth to its status file's write), or
     None when there was no job or the file system keeps no birth times."""
-    address = info["hosts"]["hs1"]["address"]
-    result = subprocess.run(["ssh", "-i", info["ssh_key"], "-o", f"UserKnownHostsFile={info['known_hosts']}",
-                             "-o", "BatchMode=yes", f"root@{address}",
-                             "stat -c '%.3W %.3Y' /var/lib/federate/venv-install.log /var/lib/federate/venv-install.status"],
-                            text=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
+    result = hosts.ssh(info["hosts"]["hs1"]["address"], info["ssh_key"], info["known_hosts"],
+                       "stat -c '%.3W %.3Y' /var/lib/federate/venv-install.log /var/lib/federate/venv-install.status")
     try:
         (born, _), (_, ended) = (line.split() for line in result.stdout.split("\n")[:2])
         return float(ended) - float(born) if float(born) > 0 else None

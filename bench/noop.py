@@ -14,18 +14,16 @@ import argparse
 import os
 import resource
 import statistics
-import subprocess
 import time
 
-from federate.lab.runner import PYINFRA, REPO_ROOT, json_totals
+from federate.lab.runner import REPO_ROOT, json_totals, run_deploy
 
 
 def one_run(inventory: str) -> tuple[float, float, int]:
     """(wall s, controller CPU s, changed operations) of one deploy."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
-    result = subprocess.run([PYINFRA, inventory, "deploy.py", "-y", "--json"], cwd=REPO_ROOT, text=True,
-                            capture_output=True, stdin=subprocess.DEVNULL)
+    result = run_deploy(inventory, "--json")
     wall = time.monotonic() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import pstats
-import re
 import resource
 import signal
 import subprocess
@@ -34,7 +33,7 @@ import threading
 import time
 
 from federate.lab import Lab
-from federate.lab.runner import PYINFRA, REPO_ROOT, json_totals, run_deploy
+from federate.lab.runner import PYINFRA, REPO_ROOT, error_lines, json_totals, run_deploy
 
 
 def topology(sizes: list[int], host_data: dict) -> dict:
@@ -132,14 +131,6 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"terminated by signal {signum}")  # so the lab is taken down
 
 
-def failure_lines(result, limit: int = 80) -> str:
-    """What the hosts said that was not a plain outcome (errors and their output), and the end."""
-    said = [line for line in (result.stdout + result.stderr).splitlines()
-            if line.startswith("    [") and not re.search(r"\]\s+(No changes|Success|Skipped|Connected|Ready: \S+)$|"
-                                                              r"\] DNS record needed", line)]
-    return "\n".join(said[:limit]) + "\n...\n" + result.stderr[-1500:]
-
-
 def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__)
@@ -157,7 +148,7 @@ def main() -> int:
             inventory = info["inventory"]
             cold_s, cold = timed(lambda: run_deploy(inventory))
             if cold.returncode != 0:
-                print(failure_lines(cold))
+                print(error_lines(cold.stdout + cold.stderr, limit=80))
                 return 1
             # The first re-run after a cold deploy is no steady no-op: Synapse is still busy starting
             # and the venv's slow checks run once before their stamp is kept; it is shown apart.
@@ -167,7 +158,7 @@ def main() -> int:
             measured = measured_noop(lab, inventory)
             noop, noop_s = measured["result"], measured["wall"]
             if noop.returncode != 0:
-                print(failure_lines(noop))
+                print(error_lines(noop.stdout + noop.stderr, limit=80))
                 return 1
             noops[size] = noop_s
             ratio = f", {noop_s / noops[sizes[0]]:.2f} x {sizes[0]} host(s)" if size != sizes[0] else ""

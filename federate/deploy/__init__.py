@@ -62,7 +62,7 @@ def deploy_homeservers() -> None:
         facts_read_here("Host state read: database, Synapse")
         database.configure(settings, release)
         dumps.before_version_change(settings)  # schema migrations cannot be undone
-        synapse.install_synapse(settings, release)
+        synapse.install_synapse(settings, venv_started)
         admin_tokens(settings)  # for `federate destinations`, once Synapse answers
     renewed("the sites")
     facts_read_here("Host state read: sites")

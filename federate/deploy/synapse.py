@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -137,61 +138,62 @@ def metrics_bind_problem(settings: HostSettings) -> str | None:
     return None
 
 
-def venv_requirements(version: str, release: Release, redis: bool = False, warn: bool = True) -> tuple[str, bool]:
+def venv_requirements(version: str, release: Release, redis: bool = False) -> tuple[str, bool]:
     """(the requirements file for the venv, whether it is a lock): the shipped lock of `version` for
     the release's Python (with Synapse's Redis client when a homeserver runs workers), or, with a
     warning on every run, only the top-level pins."""
     lock = locks.shipped(version, release.python, redis=redis)
     if lock is not None:
         return lock, True
-    if warn:
-        logger.warning(f"{host.name}: synapse_version {version} has no lock for Python {release.python} (Debian "
-                       f"{release.major}): Synapse's dependencies are not pinned, so hosts deployed at different times "
-                       f"may run different code. Make the lock on this controller: {locks.regenerate_command(version)} "
-                       "(README, 'Pinned dependencies').")
+    logger.warning(f"{host.name}: synapse_version {version} has no lock for Python {release.python} (Debian "
+                   f"{release.major}): Synapse's dependencies are not pinned, so hosts deployed at different times "
+                   f"may run different code. Make the lock on this controller: {locks.regenerate_command(version)} "
+                   "(README, 'Pinned dependencies').")
     return locks.unlocked(version, redis), False
 
 
-def _venv_wanted(settings: HostSettings, release: Release) -> dict:
-    """What the venv operations are given: the requirements file and its pins, whether it is a lock,
-    and the restarts a changed venv owes (every homeserver's, and its workers')."""
-    requirements, locked = venv_requirements(settings.synapse_version, release, redis=workers.wanted(settings),
-                                             warn=False)  # venv_started warns, once a run
-    return {"venv": paths.VENV, "requirements": REQUIREMENTS, "locked": locked,
-            "wanted": locks.pins(requirements, require_hashes=locked),
-            "owes": [*(restart_marker(hs) for hs in settings.homeservers),
-                     *(workers.restart_marker(hs) for hs in settings.homeservers if hs.workers.enabled)]}
+@dataclass(frozen=True)
+class VenvStarted:
+    """What venv_started worked out, for the venv's later steps: the operations' arguments (the
+    requirements' pins, whether they are a lock, the restarts a changed venv owes) and the
+    background job's operation."""
+    wanted: dict
+    job: object
 
 
 @deploy("Synapse")
-def venv_started(settings: HostSettings, release: Release):
+def venv_started(settings: HostSettings, release: Release) -> VenvStarted:
     """The lock the venv is installed from, and a venv that does not exist yet made in the
     background (venv_made_beside), so it is made while the packages install. Runs once python3-venv
-    is installed; the operation returned is given to venv_waited."""
+    is installed; what it returns is given to venv_waited and install_synapse."""
     declared.directory(name=f"{VENV_ROOT}: root's", path=VENV_ROOT, user="root", group="root", mode="755")
-    requirements, _ = venv_requirements(settings.synapse_version, release, redis=workers.wanted(settings))
+    requirements, locked = venv_requirements(settings.synapse_version, release, redis=workers.wanted(settings))
     # A new lock alone restarts nothing: only a venv whose packages change does.
     config_file(name=f"{REQUIREMENTS}: what matrix-synapse {settings.synapse_version} is installed from",
                 dest=REQUIREMENTS, content=requirements)
     file_attributes(name=f"{REQUIREMENTS} owner and mode", path=REQUIREMENTS, user="root", group="root", mode="644")
-    return venv_made_beside(name=f"matrix-synapse {settings.synapse_version} in {paths.VENV}: made in the background, "
-                                 "beside the packages", **_venv_wanted(settings, release))
+    wanted = {"venv": paths.VENV, "requirements": REQUIREMENTS, "locked": locked,
+              "wanted": locks.pins(requirements, require_hashes=locked),
+              "owes": [*(restart_marker(hs) for hs in settings.homeservers),
+                       *(workers.restart_marker(hs) for hs in settings.homeservers if hs.workers.enabled)]}
+    job = venv_made_beside(name=f"matrix-synapse {settings.synapse_version} in {paths.VENV}: made in the background, "
+                                "beside the packages", **wanted)
+    return VenvStarted(wanted, job)
 
 
 @deploy("Synapse")
-def venv_waited(started):
-    venv_made_waited(name="The venv made in the background: waited for", _if=started.did_change)
+def venv_waited(started: VenvStarted):
+    venv_made_waited(name="The venv made in the background: waited for", _if=started.job.did_change)
 
 
 @deploy("Synapse")
-def install_synapse(settings: HostSettings, release: Release):
+def install_synapse(settings: HostSettings, started: VenvStarted):
     # root's; each homeserver owns its own dir in the last two (the venv's: venv_started)
     for root in host.loop([paths.CONF_ROOT, paths.DATA_ROOT]):
         declared.directory(name=f"{root}: root's", path=root, user="root", group="root", mode="755")
     restarts = [restart_marker(hs) for hs in settings.homeservers]
     daemon_reload = pending_marker("systemd-daemon-reload")
-    venv = venv_matches(name=f"matrix-synapse {settings.synapse_version} in {paths.VENV}",
-                        **_venv_wanted(settings, release))
+    venv = venv_matches(name=f"matrix-synapse {settings.synapse_version} in {paths.VENV}", **started.wanted)
     unit = config_file(name="Templated systemd unit", dest=paths.UNIT_TEMPLATE,
                        content=render("matrix-synapse@.service.j2", paths=paths), owes=[daemon_reload, *restarts])
     declared.directory(name="Unit drop-in dir", path=paths.UNIT_DROPIN_DIR, user="root", group="root", mode="755")
