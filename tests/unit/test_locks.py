@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import shlex
 import shutil
+from pathlib import Path
 
 import pytest
 from packaging.utils import canonicalize_name
@@ -221,6 +222,38 @@ def test_the_venv_distributions_fact_names_are_canonical():
     assert VenvDistributions().process(["PyYAML 6.0.4", "zope.interface 8.7", "None 1.0", ""]) == {
         "pyyaml": "6.0.4", "zope-interface": "8.7"}
 
+
+
+def test_the_venv_facts_read_what_importlib_metadata_finds(tmp_path):
+    """The shell's reading of a real venv's metadata (a new venv holding the metadata of this test
+    run's own distributions, dozens, and matrix-synapse's) is importlib.metadata's, as the venv's
+    Python gives it; a venv whose interpreter is gone has none."""
+    import subprocess
+    import sys
+    import sysconfig
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next(venv.glob("lib/python3*/site-packages"))
+    for info in Path(sysconfig.get_paths()["purelib"]).glob("*.dist-info"):
+        shutil.copytree(info, site / info.name)
+    (site / "matrix_synapse-1.163.2.dist-info").mkdir()
+    (site / "matrix_synapse-1.163.2.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: matrix-synapse\nVersion: 1.163.2\n\nVersion: 9 in the description\n")
+
+    def shell(fact, path=venv):
+        command = fact.command(venv=str(path)).replace(f"flock -w {INSTALL_WAIT} {INSTALL_LOCK} true", "true")
+        return fact.process(subprocess.run(["sh", "-c", command], capture_output=True, text=True,
+                                           check=True).stdout.splitlines())
+    script = "import importlib.metadata as m\nfor d in m.distributions(): print(d.metadata['Name'], d.version)"
+    theirs = VenvDistributions().process(subprocess.run([f"{venv}/bin/python", "-I", "-c", script], capture_output=True,
+                                                        text=True, check=True).stdout.splitlines())
+    assert len(theirs) > 20 and theirs["matrix-synapse"] == "1.163.2"
+    assert shell(VenvDistributions()) == theirs
+    assert shell(InstalledSynapse()) == "1.163.2"
+    (tmp_path / "gone" / "bin").mkdir(parents=True)
+    (tmp_path / "gone" / "bin" / "python").symlink_to(tmp_path / "nowhere" / "python3.11")
+    assert shell(VenvDistributions(), tmp_path / "gone") == {} and shell(InstalledSynapse(), tmp_path / "gone") is None
 
 # --- federate synapse-lock: the real command, from the index the controller's pip uses -------------
 

@@ -3,10 +3,12 @@ nftables meters. Observed on real hosts in tests/lab/test_ssh_limit.py."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from federate.deploy.firewall import nftables
-from federate.deploy.firewall.ufw import UfwState, misplaced, policy_commands, rule_of_tuple, wanted_rules
+from federate.deploy.firewall.ufw import ODD_SHAPE, UfwState, misplaced, policy_commands, rule_of_tuple, wanted_rules
 from federate.host_data import schema
 from federate.lab import topology
 from federate.settings import DEFAULTS, SettingsError, Ssh, host_settings
@@ -135,6 +137,43 @@ def test_ufw_state_reads_rules_and_their_order():
         "allow from 203.0.113.7 to any port 22 proto tcp"
     assert rule_of_tuple("allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in comment=6869") is None
     assert UfwState.default()["order"] == {"v4": [], "v6": []}
+
+
+# Each tuple of ufw's rules files and what `ufw show added` printed for it (ufw 0.36 on Debian 12):
+# None where ufw is asked (`ufw show added`) because federate cannot write the rule's form.
+SHOWN = {
+    "allow tcp 22 0.0.0.0/0 any 10.105.177.1 in": "allow from 10.105.177.1 to any port 22 proto tcp",
+    "limit tcp 22 0.0.0.0/0 any 0.0.0.0/0 in": "limit 22/tcp",
+    "allow tcp 8448 ::/0 any ::/0 in": "allow 8448/tcp",
+    "allow tcp 9000 10.105.177.11 any 10.1.2.3 in": "allow from 10.1.2.3 to 10.105.177.11 port 9000 proto tcp",
+    "allow tcp 9001 fd00::2 any fd00::1 in": "allow from fd00::1 to fd00::2 port 9001 proto tcp",
+    "allow tcp 9002 10.105.177.11 any 0.0.0.0/0 in": "allow to 10.105.177.11 port 9002 proto tcp",
+    "allow any 9003 0.0.0.0/0 any 0.0.0.0/0 in": None,  # shown as `allow 9003`
+    "allow tcp 9004 0.0.0.0/0 any 0.0.0.0/0 in_eth0": None,  # `allow in on eth0 to any port 9004 proto tcp`
+    "allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in comment=6869": None,
+    "allow tcp 8000:8010 0.0.0.0/0 any 0.0.0.0/0 in": None,
+}
+
+
+@pytest.mark.parametrize("rule_tuple", SHOWN)
+def test_rules_are_read_from_the_rules_files_in_ufws_own_form(rule_tuple):
+    assert rule_of_tuple(rule_tuple) == SHOWN[rule_tuple]
+    # the command's awk asks ufw exactly for the tuples rule_of_tuple cannot read
+    odd = subprocess.run(["awk", f"{ODD_SHAPE} {{ odd = 1 }} END {{ exit !odd }}"], input=rule_tuple + "\n",
+                         text=True).returncode == 0
+    assert odd == (SHOWN[rule_tuple] is None)
+
+
+def test_ufw_state_without_show_added_derives_the_rules_once_each():
+    output = ["Status: active", 'DEFAULT_INPUT_POLICY="DROP"',
+              "user allow tcp 22 0.0.0.0/0 any 10.8.0.0/16 in", "user limit tcp 22 0.0.0.0/0 any 0.0.0.0/0 in",
+              "user allow tcp 80 0.0.0.0/0 any 0.0.0.0/0 in",
+              "user6 allow tcp 22 ::/0 any 2001:db8::/32 in", "user6 limit tcp 22 ::/0 any ::/0 in",
+              "user6 allow tcp 80 ::/0 any ::/0 in"]
+    got = UfwState().process(output)
+    assert got["rules"] == [TRUSTED[0], "limit 22/tcp", "allow 80/tcp", TRUSTED[1]]
+    assert policy_commands(got, TRUSTED, ["limit 22/tcp", "allow 80/tcp"]) == []
+    assert not UfwState().process(["Status: inactive"])["active"]
 
 
 # --- nftables ------------------------------------------------------------------------------------

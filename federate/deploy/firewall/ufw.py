@@ -17,22 +17,29 @@ from federate.pyinfra_ext.factcache import asks
 class UfwState(FactBase):
     """ufw's enabled state, default incoming policy, added rules (known even when inactive) and
     the order of the rules in each chain (`order`: {"v4": [rule, ...], "v6": [...]}, each rule in
-    `ufw show added` form, None for one of another shape)."""
+    `ufw show added` form, None for one of another shape).
+
+    Read from ufw's files and one iptables call, as `ufw status` and `ufw show added` work them
+    out: ufw is a Python program, and its two runs cost a host 0.1 s of CPU on every run. Active
+    means what `ufw status` means (its chains are loaded) and that ufw.conf keeps it on at boot.
+    Only when a rule has a shape federate never writes is `ufw show added` asked for the rules."""
 
     requires_command = "ufw"
 
     def command(self) -> str:
-        return ("ufw status | head -n 1; "
+        tuples = "sed -n 's/^### tuple ### //p' /etc/ufw/user.rules /etc/ufw/user6.rules 2>/dev/null"
+        return ("if iptables -w -n -L ufw-user-input >/dev/null 2>&1 && grep -qs '^ENABLED=yes' /etc/ufw/ufw.conf; "
+                "then echo 'Status: active'; else echo 'Status: inactive'; fi; "
                 "grep '^DEFAULT_INPUT_POLICY=' /etc/default/ufw; "
-                "ufw show added; "
-                "for f in user user6; do sed -n \"s/^### tuple ### /$f /p\" /etc/ufw/$f.rules 2>/dev/null; done; true")
+                "for f in user user6; do sed -n \"s/^### tuple ### /$f /p\" /etc/ufw/$f.rules 2>/dev/null; done; "
+                f"if {tuples} | awk '{ODD_SHAPE} {{ odd = 1 }} END {{ exit !odd }}'; then ufw show added; fi; true")
 
     @staticmethod
     def default():
         return {"active": False, "incoming": None, "rules": [], "order": {"v4": [], "v6": []}}
 
     def process(self, output):
-        state = self.default()
+        state, shown = self.default(), []
         for line in output:
             line = line.strip()
             if line.startswith("Status:"):
@@ -40,28 +47,35 @@ class UfwState(FactBase):
             elif line.startswith("DEFAULT_INPUT_POLICY="):
                 state["incoming"] = line.split("=", 1)[1].strip('"')
             elif line.startswith("ufw "):
-                state["rules"].append(line[len("ufw "):])
+                shown.append(line[len("ufw "):])
             elif line.startswith(("user ", "user6 ")):
                 family, _, rule_tuple = line.partition(" ")
                 state["order"]["v4" if family == "user" else "v6"].append(rule_of_tuple(rule_tuple))
+        # `ufw show added` lists each rule once, IPv4's first: a rule on both families is one rule
+        derived = list(dict.fromkeys(state["order"]["v4"] + state["order"]["v6"]))
+        state["rules"] = shown if None in derived else derived
         return state
 
 
 ANYWHERE = ("0.0.0.0/0", "::/0")
+# awk's test for a rule tuple rule_of_tuple cannot put in `ufw show added` form
+ODD_SHAPE = '(NF != 7 || $2 != "tcp" || $3 !~ /^[0-9]+$/ || $5 != "any" || $7 != "in")'
 
 
 def rule_of_tuple(rule_tuple: str) -> str | None:
     """A rule of ufw's rules files (`### tuple ### ACTION PROTO DPORT DST SPORT SRC DIRECTION`) in
-    `ufw show added` form; None for a shape federate never writes (an interface, a comment, ...)."""
+    `ufw show added` form; None for a shape federate never writes (an interface, a comment, a
+    port range, another protocol, ...)."""
     fields = rule_tuple.split()
     if len(fields) != 7:
         return None
     action, proto, dport, dst, sport, src, direction = fields
-    if dst not in ANYWHERE or sport != "any" or direction != "in" or dport == "any" or proto != "tcp":
+    if proto != "tcp" or not dport.isdigit() or sport != "any" or direction != "in":
         return None
-    if src in ANYWHERE:
+    if src in ANYWHERE and dst in ANYWHERE:
         return f"{action} {dport}/{proto}"
-    return f"{action} from {src} to any port {dport} proto {proto}"
+    source = "" if src in ANYWHERE else f"from {src} "
+    return f"{action} {source}to {'any' if dst in ANYWHERE else dst} port {dport} proto {proto}"
 
 
 def wanted_rules(ssh_port: int, rate_limit: bool = True, trusted_ranges=()) -> tuple[list[str], list[str]]:
