@@ -27,10 +27,9 @@ from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
 from pyinfra.api.facts import ShortFactBase
 from pyinfra.api.host import Host
 from pyinfra.api.state import BaseStateCallback
-from pyinfra.facts.postgres import PostgresDatabases, PostgresRoles
 from pyinfra.facts.server import Users
-from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
+from federate.pyinfra_ext.batches import BATCHES
 from federate.pyinfra_ext.facts import USERS_COMMAND
 
 _known: dict[str, dict] = {}  # host name -> {key: value}: facts read and still true
@@ -238,72 +237,8 @@ def read_together(facts) -> None:
             _read_group(known, group["facts"], group["connector"])
 
 
-class UnitsShown:
-    """SystemdStatus and SystemdEnabled of single system units, from one `systemctl show` of them
-    all: each `systemctl show` costs the host about 10 ms of CPU (systemd answers it over D-Bus),
-    and a converged deploy asks a dozen. Each unit's block is what its own command prints, and
-    pyinfra's own fact parses it."""
-
-    PLAIN = {"user_mode": False, "machine": None, "user_name": None}
-
-    def part(self, cls, kwargs: dict):
-        """The unit a fact asks about, when it is one this batch answers; else None."""
-        if cls not in (SystemdStatus, SystemdEnabled):
-            return None
-        services = kwargs.get("services")
-        if {k: v for k, v in kwargs.items() if k != "services"} != self.PLAIN:
-            return None
-        if not (isinstance(services, list) and len(services) == 1 and isinstance(services[0], str)):
-            return None
-        return services[0]
-
-    def command(self, units: list[str]) -> str:
-        return ("command -v systemctl >/dev/null 2>&1 || exit 97; systemctl show --all --property Id "
-                "--property SubState --property UnitFileState " + " ".join(shlex.quote(u) for u in units))
-
-    def split(self, lines: list[str], units: list[str]) -> dict | None:
-        """{unit: its block's lines}; None unless there is one block per unit (blank lines between)."""
-        blocks, block = [], []
-        for line in [*lines, ""]:
-            if line.strip():
-                block.append(line)
-            elif block:
-                blocks.append(block)
-                block = []
-        return dict(zip(units, blocks)) if len(blocks) == len(units) else None
-
-
-class QueriesRun:
-    """PostgresRoles and PostgresDatabases (psql's defaults: the local server as the asking user)
-    from one psql with both queries: a psql costs the host about 30 ms of CPU. Each query's
-    output ends in its row count, as its own psql prints it."""
-
-    ROWS = re.compile(r"\(\d+ rows?\)")
-
-    def part(self, cls, kwargs: dict):
-        if cls not in (PostgresRoles, PostgresDatabases) or any(value is not None for value in kwargs.values()):
-            return None
-        return cls.psql_command
-
-    def command(self, queries: list[str]) -> str:
-        return "command -v psql >/dev/null 2>&1 || exit 97; psql -A " + " ".join(f"-c {shlex.quote(q)}" for q in queries)
-
-    def split(self, lines: list[str], queries: list[str]) -> dict | None:
-        outputs, output = [], []
-        for line in lines:
-            output.append(line)
-            if self.ROWS.fullmatch(line.strip()):
-                outputs.append(output)
-                output = []
-        return dict(zip(queries, outputs)) if len(outputs) == len(queries) and not output else None
-
-
-# facts whose commands fold into one command per batch when they are read together
-_BATCHES = (UnitsShown(), QueriesRun())
-
-
 def _batch_of(fact: FactBase, kwargs: dict):
-    for batch in _BATCHES:
+    for batch in BATCHES:
         part = batch.part(type(fact), kwargs)
         if part is not None:
             return batch, part
@@ -318,6 +253,7 @@ def _read_group(known: dict, facts: dict, connector: dict) -> None:
         if batch is None:
             alone[key] = (fact, kwargs)
         else:
+            fact.command(**kwargs)  # some facts keep what their command is given for their process (a path)
             batched.setdefault(batch, {})[key] = (fact, part)
     parts = {batch: list(dict.fromkeys(part for _, part in members.values())) for batch, members in batched.items()}
     commands = [_command_of(fact, kw) for fact, kw in alone.values()]

@@ -192,3 +192,24 @@ def test_units_read_together_are_what_pyinfras_own_facts_say(local):
     alone = [host.get_fact(cls, **kwargs) for cls, kwargs in asked]
     assert together == alone
     assert together[0] == {"systemd-journald.service": True}
+
+
+def test_paths_read_together_are_what_pyinfras_own_facts_say(local, tmp_path):
+    """One `stat` and one `sha1sum` for every path give each File, Directory, Link and Sha1File what
+    its own command gives: files, directories, links (dangling too), missing paths, odd names."""
+    from pyinfra.facts.files import Directory, Link
+
+    (tmp_path / "file").write_text("one\n")
+    (tmp_path / "with space 'quoted'").write_text("two\n")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "file")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    paths = [str(tmp_path / name) for name in ("file", "with space 'quoted'", "dir", "link", "dangling", "missing")]
+    asked = [(cls, {"path": path}) for path in paths for cls in (File, Directory, Link, Sha1File)]
+    read_together(asked)
+    assert len(factcache._known[host.name]) == len(asked)
+    together = [host.get_fact(cls, **kwargs) for cls, kwargs in asked]
+    factcache._known.clear()
+    assert together == [host.get_fact(cls, **kwargs) for cls, kwargs in asked]
+    assert together[0]["size"] == 4 and together[3] == sha1("one\n") and together[14]["link_target"] == paths[0]
+    assert together[20:] == [None] * 4
