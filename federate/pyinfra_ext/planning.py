@@ -8,6 +8,13 @@
   with `typing.get_type_hints` for every operation call, evaluating the same annotations each
   time (about 2 ms); they never change, so they are worked out once.
 
+- The host's data for global arguments: for each operation call pyinfra looks each of its thirty
+  global arguments up in the host's data, and each lookup merges the host's group data anew
+  (about 0.2 ms per operation call). Here each host's values are looked up once and kept while the
+  things they come from are the same: the current @deploy's data and the data assigned in the run
+  (`host.data.x = ...`). The inventory's host, group and global data are taken as fixed during a
+  run, as pyinfra's docs describe them.
+
 A hundred operations per host make these seconds of controller CPU at ten hosts (pyinfra 3.10,
 `pyinfra.api.util` and `pyinfra.api.arguments`).
 """
@@ -16,10 +23,13 @@ from __future__ import annotations
 
 import functools
 import sys
+from copy import copy
 from typing import NamedTuple
 
 import pyinfra.api.arguments
+import pyinfra.api.deploy
 import pyinfra.api.facts
+import pyinfra.api.operation
 import pyinfra.api.util
 
 
@@ -48,8 +58,62 @@ def all_global_arguments() -> list[tuple[str, type]]:
     return list(_all_global_arguments())  # a fresh list, as pyinfra's own gives
 
 
+_pyinfra_pop_global_arguments = pyinfra.api.arguments.pop_global_arguments
+_MISSING = object()
+
+
+class _ArgumentData:
+    """A host's data as pop_global_arguments reads it: the global arguments it sets, looked up once."""
+
+    def __init__(self, data, names):
+        self.found = {}
+        for name in names:
+            value = getattr(data, name, _MISSING)
+            if value is not _MISSING:
+                self.found[name] = value
+
+    def __getattr__(self, name):
+        try:
+            return copy(self.found[name])  # as HostData gives it: a shallow copy
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class _HostWithArgumentData:
+    """The host, with `data` answering from _ArgumentData."""
+
+    def __init__(self, host, data: _ArgumentData):
+        self._host, self.data = host, data
+
+    def __getattr__(self, name):
+        return getattr(self._host, name)
+
+
+_argument_data: dict[int, tuple] = {}  # id(host) -> (host, what the values come from, _ArgumentData)
+
+
+def pop_global_arguments(state, host, kwargs):
+    names = [name for name, _ in all_global_arguments()]
+    assigned = host.data.__dict__["override_datas"]
+    sources = (host.current_op_deploy_data, host.current_deploy_data,
+               tuple((name, assigned[name]) for name in names if name in assigned))
+    kept = _argument_data.get(id(host))
+    if kept is None or kept[0] is not host or not _same(kept[1], sources):
+        kept = host, sources, _ArgumentData(host.data, names)
+        _argument_data[id(host)] = kept
+    return _pyinfra_pop_global_arguments(state, _HostWithArgumentData(host, kept[2]), kwargs)
+
+
+def _same(before: tuple, now: tuple) -> bool:
+    """The same deploy data (the same objects) and the same assigned values."""
+    return (before[0] is now[0] and before[1] is now[1] and len(before[2]) == len(now[2])
+            and all(a[0] == b[0] and a[1] is b[1] for a, b in zip(before[2], now[2])))
+
+
 def install() -> None:
     pyinfra.api.util.stack = stack
     pyinfra.api.util.getframeinfo = getframeinfo
     pyinfra.api.arguments.all_global_arguments = all_global_arguments
     pyinfra.api.facts.all_global_arguments = all_global_arguments
+    for module in ("pyinfra.api.operation", "pyinfra.api.facts", "pyinfra.api.deploy"):
+        sys.modules[module].pop_global_arguments = pop_global_arguments
