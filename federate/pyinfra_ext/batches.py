@@ -17,7 +17,25 @@ from pyinfra.facts.postgres import PostgresDatabases, PostgresRoles
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 
-class UnitsShown:
+class Batch:
+    """Facts of one kind folded into one command."""
+
+    def part(self, cls, kwargs: dict):
+        """What a fact asks about, when this batch answers it exactly; else None."""
+        raise NotImplementedError
+
+    def command(self, parts: list) -> str:
+        raise NotImplementedError
+
+    def split(self, lines: list[str], parts: list) -> dict | None:
+        """{part: the lines its own command prints}; None when the output is not what was expected."""
+        raise NotImplementedError
+
+    def prime(self, fact, part) -> None:
+        """Give a fact what its command would have kept for its process (most keep nothing)."""
+
+
+class UnitsShown(Batch):
     """SystemdStatus and SystemdEnabled of single system units, from one `systemctl show` of them
     all: each `systemctl show` costs the host about 10 ms of CPU (systemd answers it over D-Bus),
     and a converged deploy asks a dozen. Each unit's block is what its own command prints, and
@@ -26,7 +44,6 @@ class UnitsShown:
     PLAIN = {"user_mode": False, "machine": None, "user_name": None}
 
     def part(self, cls, kwargs: dict):
-        """The unit a fact asks about, when it is one this batch answers; else None."""
         if cls not in (SystemdStatus, SystemdEnabled):
             return None
         services = kwargs.get("services")
@@ -52,7 +69,7 @@ class UnitsShown:
         return dict(zip(units, blocks)) if len(blocks) == len(units) else None
 
 
-class QueriesRun:
+class QueriesRun(Batch):
     """PostgresRoles and PostgresDatabases (psql's defaults: the local server as the asking user)
     from one psql with both queries: a psql costs the host about 30 ms of CPU. Each query's
     output ends in its row count, as its own psql prints it."""
@@ -82,7 +99,7 @@ def _plain_path(path) -> bool:
     return isinstance(path, str) and path.startswith("/") and not any(c in path for c in "\n\\")
 
 
-class PathsStatted:
+class PathsStatted(Batch):
     """File, Directory and Link of absolute paths from one `stat` of them all. Each path's stat
     line follows its name, as given; a path that does not exist prints nothing, as its own
     command does (which stats only what exists)."""
@@ -103,12 +120,15 @@ class PathsStatted:
         return {path: found.get(path, []) for path in paths}
 
 
-class FilesHashed:
+class FilesHashed(Batch):
     """Sha1File of absolute paths from one `sha1sum` of them all: `HASH  PATH` for each file that
     exists (a missing path or a directory prints nothing, as its own command does)."""
 
     def part(self, cls, kwargs: dict):
         return kwargs["path"] if cls is Sha1File and _plain_path(kwargs.get("path")) else None
+
+    def prime(self, fact, part) -> None:
+        fact.command(path=part)  # pyinfra's hash facts keep the path their command was given for their process
 
     def command(self, paths: list[str]) -> str:
         return "sha1sum -- " + " ".join(shlex.quote(p) for p in paths) + " 2>/dev/null; true"

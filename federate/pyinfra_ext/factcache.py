@@ -16,7 +16,9 @@ declared.
 from __future__ import annotations
 
 import copy
+import datetime
 import functools
+import logging
 import re
 import shlex
 import inspect
@@ -95,8 +97,17 @@ def _connector(target: Host, overrides: dict) -> str:
 
 
 def _cacheable(cls, args, kwargs) -> bool:
-    return (isinstance(cls, type) and issubclass(cls, FactBase) and not issubclass(cls, ShortFactBase)
-            and not any(name.startswith("_") for name in kwargs))
+    if not _cacheable_class(cls):
+        return False
+    for name in kwargs:
+        if name.startswith("_"):
+            return False
+    return True
+
+
+@functools.cache
+def _cacheable_class(cls) -> bool:
+    return isinstance(cls, type) and issubclass(cls, FactBase) and not issubclass(cls, ShortFactBase)
 
 
 _pyinfra_get_fact = Host.get_fact
@@ -108,20 +119,30 @@ def _get_fact(self: Host, cls, *args, **kwargs):
     if known and _cacheable(cls, args, kwargs):
         key = _key(self, cls, args, kwargs)
         if key in known:
-            logger.debug(f"{self.print_prefix}Fact read earlier in this run: {cls.__name__} ({key[1]})")
+            if logger.isEnabledFor(logging.DEBUG):  # the host's prefix alone takes click a while to style
+                logger.debug(f"{self.print_prefix}Fact read earlier in this run: {cls.__name__} ({key[1]})")
             return _copy(known[key])  # pyinfra's operations may change what they are given
     return _pyinfra_get_fact(self, cls, *args, **kwargs)
 
 
+_IMMUTABLE = frozenset({str, int, bool, float, bytes, datetime.datetime, datetime.date})
+
+
 def _copy(value):
-    """A deep copy of a fact's value; its usual shapes (dicts, lists, strings, numbers) copied
-    directly: copy.deepcopy's bookkeeping costs a millisecond for the package list."""
-    if value is None or type(value) in (str, int, bool, float):
+    """A deep copy of a fact's value; its usual shapes (dicts, lists, sets, tuples, strings,
+    numbers, times) copied directly: copy.deepcopy's bookkeeping costs a millisecond for the
+    package list, and a file's times went through its slowest path."""
+    kind = type(value)
+    if value is None or kind in _IMMUTABLE:
         return value
-    if type(value) is dict:
+    if kind is dict:
         return {key: _copy(item) for key, item in value.items()}  # keys: strings, numbers, tuples
-    if type(value) is list:
+    if kind is list:
         return [_copy(item) for item in value]
+    if kind is tuple:
+        return tuple(_copy(item) for item in value)
+    if kind is set:
+        return {_copy(item) for item in value}  # items hashable: immutable
     return copy.deepcopy(value)
 
 
@@ -253,7 +274,7 @@ def _read_group(known: dict, facts: dict, connector: dict) -> None:
         if batch is None:
             alone[key] = (fact, kwargs)
         else:
-            fact.command(**kwargs)  # some facts keep what their command is given for their process (a path)
+            batch.prime(fact, part)
             batched.setdefault(batch, {})[key] = (fact, part)
     parts = {batch: list(dict.fromkeys(part for _, part in members.values())) for batch, members in batched.items()}
     commands = [_command_of(fact, kw) for fact, kw in alone.values()]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import sys
 from copy import copy
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import pyinfra.api.arguments
@@ -31,6 +32,7 @@ import pyinfra.api.deploy
 import pyinfra.api.facts
 import pyinfra.api.operation
 import pyinfra.api.util
+from pyinfra.context import ContextObject
 
 
 class FrameInfo(NamedTuple):
@@ -62,44 +64,45 @@ _pyinfra_pop_global_arguments = pyinfra.api.arguments.pop_global_arguments
 _MISSING = object()
 
 
-class _ArgumentData:
-    """A host's data as pop_global_arguments reads it: the global arguments it sets, looked up once."""
-
-    def __init__(self, data, names):
-        self.found = {}
-        for name in names:
-            value = getattr(data, name, _MISSING)
-            if value is not _MISSING:
-                self.found[name] = value
-
-    def __getattr__(self, name):
-        try:
-            return copy(self.found[name])  # as HostData gives it: a shallow copy
-        except KeyError:
-            raise AttributeError(name) from None
+def _argument_values(data, names) -> dict:
+    """The global arguments a host's data sets, looked up once."""
+    found = {}
+    for name in names:
+        value = getattr(data, name, _MISSING)
+        if value is not _MISSING:
+            found[name] = value
+    return found
 
 
 class _HostWithArgumentData:
-    """The host, with `data` answering from _ArgumentData."""
+    """The host, with `data` holding only the global arguments its data sets, each a shallow copy
+    as HostData gives it (a plain namespace: asking it for one it lacks raises no exception)."""
 
-    def __init__(self, host, data: _ArgumentData):
-        self._host, self.data = host, data
+    def __init__(self, host, found: dict):
+        self._host, self.data = host, SimpleNamespace(**{name: copy(value) for name, value in found.items()})
 
     def __getattr__(self, name):
         return getattr(self._host, name)
 
 
-_argument_data: dict[int, tuple] = {}  # id(host) -> (host, what the values come from, _ArgumentData)
+_argument_data: dict[int, tuple] = {}  # id(host) -> (host, what the values come from, the values)
+
+
+@functools.cache
+def _global_argument_names() -> tuple[str, ...]:
+    return tuple(name for name, _ in _all_global_arguments())
 
 
 def pop_global_arguments(state, host, kwargs):
-    names = [name for name, _ in all_global_arguments()]
+    if isinstance(host, ContextObject):  # pyinfra passes its context's host: one object for every host
+        host = host._get_module()
+    names = _global_argument_names()
     assigned = host.data.__dict__["override_datas"]
     sources = (host.current_op_deploy_data, host.current_deploy_data,
                tuple((name, assigned[name]) for name in names if name in assigned))
     kept = _argument_data.get(id(host))
     if kept is None or kept[0] is not host or not _same(kept[1], sources):
-        kept = host, sources, _ArgumentData(host.data, names)
+        kept = host, sources, _argument_values(host.data, names)
         _argument_data[id(host)] = kept
     return _pyinfra_pop_global_arguments(state, _HostWithArgumentData(host, kept[2]), kwargs)
 

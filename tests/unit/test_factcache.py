@@ -221,29 +221,36 @@ def test_paths_read_together_are_what_pyinfras_own_facts_say(local, tmp_path):
 
 
 def test_global_arguments_from_the_host_data_are_pyinfras():
-    """The host data's global arguments, looked up once per host, are what pyinfra's lookup gives:
-    from the host's and its groups' data, a @deploy's data defaults, and data assigned in the run."""
+    """The host data's global arguments, looked up once per host, are what pyinfra's lookup gives
+    for each host (asked as pyinfra asks, through its context's host): from the host's and its
+    groups' data, a @deploy's data defaults, and data assigned in the run."""
+    from pyinfra import host as context_host
     from pyinfra.api.arguments import pop_global_arguments as pyinfras
 
-    inventory = Inventory((["@local"], {"_sudo": False, "_env": {"A": "1"}}),
-                          admins=(["@local"], {"_sudo_user": "admin", "_shell_executable": "bash"}))
+    inventory = Inventory((["one", ("two", {"_sudo_user": "bob"})], {"_sudo": False, "_env": {"A": "1"}}),
+                          admins=(["one"], {"_sudo_user": "admin", "_shell_executable": "bash"}))
     state = State(inventory, Config())
-    local_host = inventory.get_host("@local")
+    one, two = inventory.get_host("one"), inventory.get_host("two")
 
     def both(kwargs):
-        ours, theirs = planning.pop_global_arguments(state, local_host, dict(kwargs)), pyinfras(state, local_host, dict(kwargs))
-        assert ours == theirs
+        ours = planning.pop_global_arguments(state, context_host, dict(kwargs))
+        assert ours == pyinfras(state, context_host, dict(kwargs))
         return ours[0]
 
-    with ctx_state.use(state), ctx_host.use(local_host):
-        first = both({"_chdir": "/tmp"})
-        assert (first["_sudo_user"], first["_shell_executable"], first["_env"], first["_chdir"]) == (
-            "admin", "bash", {"A": "1"}, "/tmp")
-        first["_env"]["B"] = "2"  # a caller's change to what it was given stays its own
-        assert both({})["_env"] == {"A": "1"}
-        local_host.current_deploy_data = {"_timeout": 7}  # as a @deploy with data defaults sets it
-        assert both({})["_timeout"] == 7
-        local_host.current_deploy_data = None
-        assert both({})["_timeout"] is None
-        local_host.data._sudo_user = "other"
-        assert both({})["_sudo_user"] == "other"
+    with ctx_state.use(state):
+        with ctx_host.use(one):
+            first = both({"_chdir": "/tmp"})
+            assert (first["_sudo_user"], first["_shell_executable"], first["_env"], first["_chdir"]) == (
+                "admin", "bash", {"A": "1"}, "/tmp")
+            first["_env"]["B"] = "2"  # a caller's change to what it was given stays its own
+            assert both({})["_env"] == {"A": "1"}
+        with ctx_host.use(two):
+            assert both({})["_sudo_user"] == "bob"
+        with ctx_host.use(one):
+            assert both({})["_sudo_user"] == "admin"
+            one.current_deploy_data = {"_timeout": 7}  # as a @deploy with data defaults sets it
+            assert both({})["_timeout"] == 7
+            one.current_deploy_data = None
+            assert both({})["_timeout"] is None
+            one.data._sudo_user = "other"
+            assert both({})["_sudo_user"] == "other"
