@@ -8,6 +8,7 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
+from pyinfra.facts.systemd import SystemdEnabled
 
 from federate.deploy.firewall import WEB_PORTS, Firewall, metrics_openings, policy_summary
 from federate.deploy.templating import render
@@ -52,14 +53,14 @@ class NftablesLive(FactBase):
 
 
 class FederateNftables(FactBase):
-    """What is left of a federate nftables policy: 'table' (loaded), 'conf' (ours in
-    /etc/nftables.conf) and 'enabled' (the unit loads it at boot)."""
+    """What is left of a federate nftables policy: 'table' (loaded) and 'conf' (ours in
+    /etc/nftables.conf). Whether the unit loads it at boot is SystemdEnabled's (read with the
+    other units)."""
 
     def command(self) -> str:
         return ("command -v nft >/dev/null || exit 0; "
                 f"nft list table {NFT_TABLE} >/dev/null 2>&1 && echo table; "
-                f"grep -qs '^# Managed by federate' {NFTABLES_CONF} && echo conf; "
-                "systemctl is-enabled -q nftables 2>/dev/null && echo enabled; true")
+                f"grep -qs '^# Managed by federate' {NFTABLES_CONF} && echo conf; true")
 
     def process(self, output):
         return {line.strip() for line in output if line.strip()}
@@ -73,14 +74,17 @@ def nftables_live(path: str):
         yield StringCommand(f"nft -f {shlex.quote(path)}")
 
 
-@asks(lambda **_: [(FederateNftables, {})])
+NFTABLES_UNIT = {"user_mode": False, "machine": None, "user_name": None, "services": ["nftables.service"]}
+
+
+@asks(lambda **_: [(FederateNftables, {}), (SystemdEnabled, NFTABLES_UNIT)])
 @operation()
 def nftables_off():
     """No federate nftables policy, now or after a reboot (run once ufw keeps SSH open).
 
     A policy of the admin's own (not ours) is left alone."""
     found = host.get_fact(FederateNftables) or set()
-    if {"conf", "enabled"} <= found:
+    if "conf" in found and host.get_fact(SystemdEnabled, **NFTABLES_UNIT).get("nftables.service"):
         yield StringCommand("systemctl disable -q nftables")
     if "table" in found:
         yield StringCommand(f"nft delete table {NFT_TABLE}")
