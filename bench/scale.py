@@ -5,7 +5,8 @@
 Per size, one after the other, a lab of that many fresh hosts (Debian 12, one homeserver each,
 nginx and ufw; its inventory holds only them) is booted, gets a cold deploy and a no-op deploy,
 and is removed: the no-op's ratio to the first size's is printed. The first re-run after the cold
-deploy is shown apart (Synapse still starting, the venv's checks stamped once); the no-op is the next. For the no-op it also prints the
+deploy is shown apart (Synapse still starting, the venv's checks stamped once); the no-op is the next,
+once the hosts have settled (their own CPU use near idle, or two minutes gone). For the no-op it also prints the
 controller's CPU time (the pyinfra process), the hosts' CPU time (their cgroups: on a lab they share
 the controller's CPUs, so their work grows with their number too), each per host, and where the
 wall time went: start-up, SSH connections, planning (every host's deploy code, one host after the
@@ -61,6 +62,19 @@ PHASES = (("start-up", ""), ("connect", "--> Connecting to hosts"),
 def controller_cpu() -> float:
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
     return used.ru_utime + used.ru_stime
+
+
+def settled(lab: Lab, size: int, idle: float = 0.05, most: float = 120) -> tuple[float, float]:
+    """Waits until the hosts' own work (Synapse starting, its first background jobs) is done: their
+    CPU under `idle` seconds per second per host over 3 s, or `most` seconds gone. Returns (seconds
+    waited, the last CPU rate per host): on a lab their work shares the controller's CPUs."""
+    start = time.monotonic()
+    while True:
+        before = lab.hosts_cpu_seconds()
+        time.sleep(3)
+        rate = (lab.hosts_cpu_seconds() - before) / 3 / size
+        if rate < idle or time.monotonic() - start > most:
+            return time.monotonic() - start, rate
 
 
 def measured_noop(lab: Lab, inventory: str) -> dict:
@@ -155,6 +169,8 @@ def main() -> int:
             first = measured_noop(lab, inventory)
             print(f"    first re-run after cold: {first['wall']:5.1f} s; CPU: controller {first['controller_cpu']:.2f} s, "
                   f"hosts {first['hosts_cpu']:.2f} s", flush=True)
+            waited, busy = settled(lab, size)
+            print(f"    hosts settled after {waited:.0f} s (their CPU {busy:.3f} s per second per host)", flush=True)
             measured = measured_noop(lab, inventory)
             noop, noop_s = measured["result"], measured["wall"]
             if noop.returncode != 0:
