@@ -13,7 +13,7 @@ from pyinfra.facts.files import File, Sha1File
 
 from federate.pyinfra_ext.factcache import asks
 from federate.pyinfra_ext.owed import owe
-from federate.pyinfra_ext.run import temporary_name
+from federate.pyinfra_ext.run import RUN_ID, temporary_name
 
 
 @asks(lambda dest, **_: [(Sha1File, {"path": dest})])
@@ -66,10 +66,12 @@ def _replace_file(dest, source, user, group, mode, check, check_in_place, owes):
     new, old = temporary_name(dest, "new"), temporary_name(dest, "old")
     tmp, old, quoted = shlex.quote(new), shlex.quote(old), shlex.quote(dest)
     folder = dest.rsplit('/', 1)[0] or '/'
-    # mkdir -p leaves an existing parent's mode alone (install -d would reset it); temporary files
-    # a cut run left behind (unique names, so never another live run's) are removed after an hour
+    # mkdir -p leaves an existing parent's mode alone (install -d would reset it). Another run's
+    # temporary files are a cut run's: only the run that holds the host's deploy lock writes files
+    # (a run whose lease was taken over finds its own gone and fails), so they go now.
     yield StringCommand(f"mkdir -p {shlex.quote(folder)} && find {shlex.quote(folder)} -maxdepth 1 -name "
-                        f"{shlex.quote(dest.rsplit('/', 1)[-1] + '.federate-*')} -mmin +60 -delete")
+                        f"{shlex.quote(dest.rsplit('/', 1)[-1] + '.federate-*')} ! -name {shlex.quote('*-' + RUN_ID)} "
+                        "-delete")
     # created private first: the upload keeps the mode of the file it writes into
     yield StringCommand(f"(umask 077 && touch {tmp})")
     yield FileUploadCommand(source, new)

@@ -74,6 +74,8 @@ def test_a_run_cut_off_blocks_the_next_only_until_its_lease_ends(deployed, tmp_p
     assert "taken over from a run whose lease ended" in result.stdout + result.stderr
     assert took < lease + 120  # waited for the lease, not longer, then deployed
     assert "beta.test: homeserver.yaml" in changed_names(result, "hs2")
+    # a temporary file the cut run may have left (cut during its upload) is gone with the file's rewrite
+    assert deployed.ssh("hs2", f"ls -A {BETA}").stdout.count(".federate-") == 0
     assert_converged(inventory)
 
 

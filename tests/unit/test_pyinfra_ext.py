@@ -74,7 +74,7 @@ def test_config_file_is_written_private_checked_then_renamed():
                    mode="600", check="check-it {path}", owes="/var/lib/federate/pending/restart-x")
     new = f"/etc/x.conf.federate-new-{RUN_ID}"  # unique per run: two runs never share a temporary file
     assert out == [
-        "mkdir -p /etc && find /etc -maxdepth 1 -name 'x.conf.federate-*' -mmin +60 -delete",
+        f"mkdir -p /etc && find /etc -maxdepth 1 -name 'x.conf.federate-*' ! -name '*-{RUN_ID}' -delete",
         f"(umask 077 && touch {new})",
         ("upload", new, "a = 2\n"),
         f"chown svc:svc {new} && chmod 600 {new}",
