@@ -80,10 +80,10 @@ def planning_facts(settings) -> list:
     from federate.deploy import database, paths, restore, workers
     from federate.deploy.proxy.nginx import SITES_DIR
     from federate.deploy.retired import ConfiguredHomeservers
-    from federate.deploy.venv import InstalledSynapse
+    from federate.deploy.venv import VenvDistributions
 
     facts = [(NetworkDevices, {}), (ConfiguredHomeservers, {}), (DebPackages, {}),
-             (InstalledSynapse, {"venv": paths.VENV})]
+             (VenvDistributions, {"venv": paths.VENV})]
     if settings.database == "postgres":
         facts.append((database.PostgresClusters, {}))
     if settings.proxy == "nginx":

@@ -15,7 +15,7 @@ from pyinfra.api import StringCommand, deploy, operation
 
 from federate.deploy import paths
 from federate.deploy.database import database_ref
-from federate.deploy.venv import InstalledSynapse
+from federate.deploy.venv import installed_synapse
 from federate.settings import HostSettings
 
 DUMPS_ROOT = "/var/backups/federate"
@@ -55,7 +55,7 @@ def database_dumped(database: str, server_name: str, version: str):
 
 @deploy("Databases dumped before the Synapse version changes")
 def before_version_change(settings: HostSettings):
-    installed = host.get_fact(InstalledSynapse, venv=paths.VENV)
+    installed = installed_synapse(paths.VENV)
     if installed in (None, settings.synapse_version):
         return
     logger.warning(f"[{host.name}] Synapse {installed} -> {settings.synapse_version}: each database is dumped first, "

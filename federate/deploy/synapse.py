@@ -17,7 +17,7 @@ from federate.deploy.debian import Release
 from federate.deploy.hostscripts import source
 from federate.deploy.templating import render
 from federate.deploy.users import controller_password, matrix_user
-from federate.deploy.venv import (DowngradeVerdict, InstalledSynapse, is_downgrade, venv_made_beside, venv_made_waited,
+from federate.deploy.venv import (DowngradeVerdict, installed_synapse, is_downgrade, venv_made_beside, venv_made_waited,
                                   venv_matches)
 from federate.pyinfra_ext import declared
 from federate.pyinfra_ext.files import config_file, file_attributes, generated_once, tree_owned
@@ -111,7 +111,7 @@ def _secrets_command(venv_python: str) -> str:
 def downgrade_problem(settings: HostSettings) -> str | None:
     """Why installing an older Synapse would break a database, or None. Checked while planning:
     upgrades and same-version runs cost one fact; only a real downgrade runs the host-side check."""
-    installed = host.get_fact(InstalledSynapse, venv=paths.VENV)
+    installed = installed_synapse(paths.VENV)
     if not is_downgrade(settings.synapse_version, installed):
         return None
     verdict = host.get_fact(DowngradeVerdict, venv=paths.VENV, version=settings.synapse_version,

@@ -69,30 +69,6 @@ METADATA_AWK = ("awk 'FNR == 1 { name = \"None\" } /^Name:/ { name = $2 } /^Vers
                 "/^$/ { nextfile }' *.dist-info/METADATA *.egg-info/PKG-INFO 2>/dev/null")
 
 
-def _distributions_command(venv: str) -> str:
-    return f"{WAIT_FOR_INSTALL}{ENTER_SITE_PACKAGES.format(venv=shlex.quote(venv))}{METADATA_AWK}; true"
-
-
-def _distributions(output) -> dict[str, str]:
-    found = {}
-    for line in output:
-        words = line.split()
-        if len(words) == 2 and words[0] != "None":  # a distribution without metadata has no name
-            found[canonicalize_name(words[0])] = words[1]
-    return found
-
-
-class InstalledSynapse(FactBase):
-    """The Synapse version installed in a venv, or None: from its metadata, where Synapse's own
-    __version__ comes from (importing Synapse takes a second of CPU)."""
-
-    def command(self, venv: str) -> str:
-        return _distributions_command(venv)
-
-    def process(self, output):
-        return _distributions(output).get("matrix-synapse")
-
-
 class DowngradeVerdict(FactBase):
     """Runs the host-side downgrade check: 'ok' or 'refused: <why>'."""
 
@@ -109,14 +85,25 @@ class VenvDistributions(FactBase):
     interpreter is gone."""
 
     def command(self, venv: str) -> str:
-        return _distributions_command(venv)
+        return f"{WAIT_FOR_INSTALL}{ENTER_SITE_PACKAGES.format(venv=shlex.quote(venv))}{METADATA_AWK}; true"
 
     @staticmethod
     def default():
         return {}
 
     def process(self, output):
-        return _distributions(output)
+        found = {}
+        for line in output:
+            words = line.split()
+            if len(words) == 2 and words[0] != "None":  # a distribution without metadata has no name
+                found[canonicalize_name(words[0])] = words[1]
+        return found
+
+
+def installed_synapse(venv: str) -> str | None:
+    """The Synapse version installed in a venv, or None: from its metadata, where Synapse's own
+    __version__ comes from (importing Synapse takes a second of CPU)."""
+    return host.get_fact(VenvDistributions, venv=venv).get("matrix-synapse")
 
 
 VENV_TOOLS = frozenset({"pip", "setuptools", "wheel"})  # the venv's own; kept unless the lock pins them

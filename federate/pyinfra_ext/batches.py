@@ -16,6 +16,8 @@ from pyinfra.facts.files import LINUX_STAT_COMMAND, Directory, File, Link, Sha1F
 from pyinfra.facts.postgres import PostgresDatabases, PostgresRoles
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
+from federate.pyinfra_ext.facts import system_unit
+
 
 class Batch:
     """Facts of one kind folded into one command."""
@@ -41,17 +43,12 @@ class UnitsShown(Batch):
     and a converged deploy asks a dozen. Each unit's block is what its own command prints, and
     pyinfra's own fact parses it."""
 
-    PLAIN = {"user_mode": False, "machine": None, "user_name": None}
-
     def part(self, cls, kwargs: dict):
-        if cls not in (SystemdStatus, SystemdEnabled):
-            return None
         services = kwargs.get("services")
-        if {k: v for k, v in kwargs.items() if k != "services"} != self.PLAIN:
-            return None
-        if not (isinstance(services, list) and len(services) == 1 and isinstance(services[0], str)):
-            return None
-        return services[0]
+        one = isinstance(services, list) and len(services) == 1 and isinstance(services[0], str)
+        if cls in (SystemdStatus, SystemdEnabled) and one and kwargs == system_unit(services[0]):
+            return services[0]
+        return None
 
     def command(self, units: list[str]) -> str:
         return ("command -v systemctl >/dev/null 2>&1 || exit 97; systemctl show --all --property Id "

@@ -10,6 +10,7 @@ from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations import apt, files, postgres, server, systemd
 
 from federate.pyinfra_ext.factcache import asks
+from federate.pyinfra_ext.facts import system_unit
 
 UNIT_SUFFIXES = (".service", ".socket", ".device", ".mount", ".automount", ".swap", ".target", ".path", ".timer",
                  ".slice", ".scope")
@@ -17,7 +18,7 @@ UNIT_SUFFIXES = (".service", ".socket", ".device", ".mount", ".automount", ".swa
 
 def _service_facts(service: str, enabled=None, **_) -> list:
     unit = service if service.endswith(UNIT_SUFFIXES) else f"{service}.service"  # as systemd.service names it
-    asked = {"user_mode": False, "machine": None, "user_name": None, "services": [unit]}
+    asked = system_unit(unit)
     return [(SystemdStatus, asked), *([(SystemdEnabled, asked)] if isinstance(enabled, bool) else [])]
 
 

@@ -7,6 +7,12 @@ import shlex
 from pyinfra.api import FactBase
 
 
+def system_unit(unit: str) -> dict:
+    """The arguments of pyinfra's SystemdStatus and SystemdEnabled for one unit of the system's
+    manager, as systemd.service asks them (and factcache's batch of units answers them)."""
+    return {"user_mode": False, "machine": None, "user_name": None, "services": [unit]}
+
+
 class PathExists(FactBase):
     """Whether anything exists at a path, following symlinks (certbot's live/ files are links)."""
 

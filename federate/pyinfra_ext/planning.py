@@ -85,7 +85,7 @@ class _HostWithArgumentData:
         return getattr(self._host, name)
 
 
-_argument_data: dict[int, tuple] = {}  # id(host) -> (host, what the values come from, the values)
+_argument_data: dict = {}  # host -> (what its values come from, the values)
 
 
 @functools.cache
@@ -100,17 +100,12 @@ def pop_global_arguments(state, host, kwargs):
     assigned = host.data.__dict__["override_datas"]
     sources = (host.current_op_deploy_data, host.current_deploy_data,
                tuple((name, assigned[name]) for name in names if name in assigned))
-    kept = _argument_data.get(id(host))
-    if kept is None or kept[0] is not host or not _same(kept[1], sources):
-        kept = host, sources, _argument_values(host.data, names)
-        _argument_data[id(host)] = kept
-    return _pyinfra_pop_global_arguments(state, _HostWithArgumentData(host, kept[2]), kwargs)
-
-
-def _same(before: tuple, now: tuple) -> bool:
-    """The same deploy data (the same objects) and the same assigned values."""
-    return (before[0] is now[0] and before[1] is now[1] and len(before[2]) == len(now[2])
-            and all(a[0] == b[0] and a[1] is b[1] for a, b in zip(before[2], now[2])))
+    kept = _argument_data.get(host)
+    # the same deploy data (the same objects) and the same values assigned
+    if kept is None or kept[0][0] is not sources[0] or kept[0][1] is not sources[1] or kept[0][2] != sources[2]:
+        kept = sources, _argument_values(host.data, names)
+        _argument_data[host] = kept
+    return _pyinfra_pop_global_arguments(state, _HostWithArgumentData(host, kept[1]), kwargs)
 
 
 def install() -> None:

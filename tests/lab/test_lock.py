@@ -58,7 +58,9 @@ def test_two_deploys_at_once_one_changes_the_host_the_other_stops(deployed, tmp_
 def test_a_run_cut_off_blocks_the_next_only_until_its_lease_ends(deployed, tmp_path):
     lease = 20
     inventory = hs2_only(deployed, tmp_path / "hs2.py", lock={"lease": lease, "wait": 120})
-    deployed.ssh("hs2", f"echo 'enable_registration: true' >> {BETA}/homeserver.yaml")
+    # and a temporary file an earlier cut run left beside it (another run's name)
+    deployed.ssh("hs2", f"echo 'enable_registration: true' >> {BETA}/homeserver.yaml && "
+                        f"(umask 077 && echo half > {BETA}/homeserver.yaml.federate-new-elsewhere-1-0a0b0c)")
     cut = start_deploy(inventory)
     deadline = time.monotonic() + 180
     while deployed.ssh("hs2", f"test -s {LOCK}", check=False).returncode != 0:
@@ -74,7 +76,8 @@ def test_a_run_cut_off_blocks_the_next_only_until_its_lease_ends(deployed, tmp_p
     assert "taken over from a run whose lease ended" in result.stdout + result.stderr
     assert took < lease + 120  # waited for the lease, not longer, then deployed
     assert "beta.test: homeserver.yaml" in changed_names(result, "hs2")
-    # a temporary file the cut run may have left (cut during its upload) is gone with the file's rewrite
+    # the other runs' temporary files (the planted one, and the cut run's if it was cut during its
+    # upload) went with the file's rewrite
     assert deployed.ssh("hs2", f"ls -A {BETA}").stdout.count(".federate-") == 0
     assert_converged(inventory)
 

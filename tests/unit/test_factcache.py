@@ -174,26 +174,6 @@ def test_a_fact_asked_the_same_way_gets_the_same_key_with_its_defaults(local):
     assert factcache._key(host, FindFiles, (), {"path": "/etc", "fname": "*.conf"}, {"_su_user": "postgres"}) != first
 
 
-@pytest.mark.skipif(not os.path.isdir("/run/systemd/system"), reason="this machine does not run systemd")
-def test_units_read_together_are_what_pyinfras_own_facts_say(local):
-    """One `systemctl show` for every unit gives each SystemdStatus and SystemdEnabled what its own
-    command gives: running, enabled, absent and aliased units."""
-    from pyinfra.facts.systemd import SystemdEnabled
-
-    units = ["systemd-journald.service", "federate-no-such.service", "dbus-org.freedesktop.login1.service",
-             "systemd-tmpfiles-clean.timer", "dbus.socket"]
-    asked = [(cls, {"user_mode": False, "machine": None, "user_name": None, "services": [unit]})
-             for unit in units for cls in (SystemdStatus, SystemdEnabled)]
-    read_together(asked)
-    known = factcache._known[host.name]
-    assert {key[0] for key in known} == {SystemdStatus, SystemdEnabled} and len(known) == len(asked)
-    together = [host.get_fact(cls, **kwargs) for cls, kwargs in asked]
-    factcache._known.clear()
-    alone = [host.get_fact(cls, **kwargs) for cls, kwargs in asked]
-    assert together == alone
-    assert together[0] == {"systemd-journald.service": True}
-
-
 def test_paths_read_together_are_what_pyinfras_own_facts_say(local, tmp_path):
     """One `stat` and one `sha1sum` for every path give each File, Directory, Link and Sha1File what
     its own command gives: files, directories, links (dangling too), missing paths, odd names."""

@@ -18,7 +18,7 @@ from federate.deploy import locks, synapse
 from federate.deploy.database import driver_requirements
 from federate.deploy.debian import BOOKWORM, RELEASES, TRIXIE
 from federate.deploy.hostscripts import uv_install as uv_script
-from federate.deploy.venv import (INSTALL_LOCK, INSTALL_STATUS, INSTALL_WAIT, InstalledSynapse, VenvDistributions,
+from federate.deploy.venv import (INSTALL_LOCK, INSTALL_STATUS, INSTALL_WAIT, VenvDistributions,
                                   VenvState, uv_install, venv_differences, venv_made_beside, venv_matches)
 from federate.host_data import SYNAPSE_VERSION
 from test_pyinfra_ext import FakeHost, commands, fact
@@ -164,7 +164,7 @@ def test_a_venv_that_exists_is_left_to_venv_matches():
 
 
 def test_every_fact_about_the_venv_waits_for_a_background_install():
-    for fact in (VenvState(), VenvDistributions(), InstalledSynapse()):
+    for fact in (VenvState(), VenvDistributions()):
         assert fact.command(venv=VENV).startswith(f"flock -w {INSTALL_WAIT} {INSTALL_LOCK} true")
 
 
@@ -250,10 +250,9 @@ def test_the_venv_facts_read_what_importlib_metadata_finds(tmp_path):
                                                         text=True, check=True).stdout.splitlines())
     assert len(theirs) > 20 and theirs["matrix-synapse"] == "1.163.2"
     assert shell(VenvDistributions()) == theirs
-    assert shell(InstalledSynapse()) == "1.163.2"
     (tmp_path / "gone" / "bin").mkdir(parents=True)
     (tmp_path / "gone" / "bin" / "python").symlink_to(tmp_path / "nowhere" / "python3.11")
-    assert shell(VenvDistributions(), tmp_path / "gone") == {} and shell(InstalledSynapse(), tmp_path / "gone") is None
+    assert shell(VenvDistributions(), tmp_path / "gone") == {}
 
 # --- federate synapse-lock: the real command, from the index the controller's pip uses -------------
 

@@ -159,7 +159,7 @@ SHOWN = {
 def test_rules_are_read_from_the_rules_files_in_ufws_own_form(rule_tuple):
     assert rule_of_tuple(rule_tuple) == SHOWN[rule_tuple]
     # the command's awk asks ufw exactly for the tuples rule_of_tuple cannot read
-    odd = subprocess.run(["awk", f"{ODD_SHAPE} {{ odd = 1 }} END {{ exit !odd }}"], input=rule_tuple + "\n",
+    odd = subprocess.run(["awk", f"{ODD_SHAPE} {{ odd = 1 }} END {{ exit !odd }}"], input=f"user {rule_tuple}\n",
                          text=True).returncode == 0
     assert odd == (SHOWN[rule_tuple] is None)
 

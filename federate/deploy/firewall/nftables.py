@@ -14,6 +14,7 @@ from federate.deploy.firewall import WEB_PORTS, Firewall, metrics_openings, poli
 from federate.deploy.templating import render
 from federate.pyinfra_ext import declared
 from federate.pyinfra_ext.factcache import asks
+from federate.pyinfra_ext.facts import system_unit
 from federate.pyinfra_ext.files import config_file, file_attributes
 
 NFTABLES_CONF = "/etc/nftables.conf"
@@ -74,7 +75,7 @@ def nftables_live(path: str):
         yield StringCommand(f"nft -f {shlex.quote(path)}")
 
 
-NFTABLES_UNIT = {"user_mode": False, "machine": None, "user_name": None, "services": ["nftables.service"]}
+NFTABLES_UNIT = system_unit("nftables.service")
 
 
 @asks(lambda **_: [(FederateNftables, {}), (SystemdEnabled, NFTABLES_UNIT)])

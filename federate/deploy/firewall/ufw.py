@@ -27,12 +27,12 @@ class UfwState(FactBase):
     requires_command = "ufw"
 
     def command(self) -> str:
-        tuples = "sed -n 's/^### tuple ### //p' /etc/ufw/user.rules /etc/ufw/user6.rules 2>/dev/null"
+        # each rule tuple once, after the family it is in ("user" or "user6", as the file is named)
         return ("if iptables -w -n -L ufw-user-input >/dev/null 2>&1 && grep -qs '^ENABLED=yes' /etc/ufw/ufw.conf; "
                 "then echo 'Status: active'; else echo 'Status: inactive'; fi; "
                 "grep '^DEFAULT_INPUT_POLICY=' /etc/default/ufw; "
-                "for f in user user6; do sed -n \"s/^### tuple ### /$f /p\" /etc/ufw/$f.rules 2>/dev/null; done; "
-                f"if {tuples} | awk '{ODD_SHAPE} {{ odd = 1 }} END {{ exit !odd }}'; then ufw show added; fi; true")
+                "for f in user user6; do sed -n \"s/^### tuple ### /$f /p\" /etc/ufw/$f.rules 2>/dev/null; done "
+                f"| awk '{{ print }} {ODD_SHAPE} {{ odd = 1 }} END {{ exit !odd }}' && ufw show added; true")
 
     @staticmethod
     def default():
@@ -58,8 +58,9 @@ class UfwState(FactBase):
 
 
 ANYWHERE = ("0.0.0.0/0", "::/0")
-# awk's test for a rule tuple rule_of_tuple cannot put in `ufw show added` form
-ODD_SHAPE = '(NF != 7 || $2 != "tcp" || $3 !~ /^[0-9]+$/ || $5 != "any" || $7 != "in")'
+# awk's test for a line "FAMILY ACTION PROTO DPORT DST SPORT SRC DIRECTION" whose tuple rule_of_tuple
+# cannot put in `ufw show added` form
+ODD_SHAPE = '(NF != 8 || $3 != "tcp" || $4 !~ /^[0-9]+$/ || $6 != "any" || $8 != "in")'
 
 
 def rule_of_tuple(rule_tuple: str) -> str | None:
